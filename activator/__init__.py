@@ -1,0 +1,1 @@
+"""activator: buffers requests for revisions short of capacity and load-balances over ready pods."""

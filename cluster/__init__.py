@@ -1,0 +1,1 @@
+"""cluster: where pods come from (local processes or Kubernetes) and the zeroscale command."""

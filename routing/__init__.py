@@ -1,0 +1,1 @@
+"""routing: revisions by host and tag, traffic split by percent, gradual rollout."""
