@@ -74,9 +74,7 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
 
 
-def _check_range(
-    name: str, raw: str, value: float, minimum: float | None, maximum: float | None
-) -> None:
+def _check_range(name: str, raw: str, value: float, minimum: float | None, maximum: float | None) -> None:
     if minimum is not None and value < minimum:
         if maximum is not None:
             raise ConfigError(f"{name}={raw!r} is out of range: must be between {minimum} and {maximum}")

@@ -32,7 +32,7 @@ class _JsonFormatter(logging.Formatter):
 
 def setup_logging(component: str, *, level: str | None = None, extra: dict[str, str] | None = None) -> None:
     """Text lines by default; JSON lines (Knative's field names) when ZEROSCALE_LOG_FORMAT=json."""
-    lvl = (level or os.environ.get("SERVING_LOGGING_LEVEL") or os.environ.get("ZEROSCALE_LOG_LEVEL") or "info")
+    lvl = level or os.environ.get("SERVING_LOGGING_LEVEL") or os.environ.get("ZEROSCALE_LOG_LEVEL") or "info"
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("ZEROSCALE_LOG_FORMAT", "text") == "json":
         handler.setFormatter(_JsonFormatter({"component": component, **(extra or {})}))

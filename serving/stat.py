@@ -46,7 +46,11 @@ def _build() -> tuple[type, type]:
     wire.field.add(name="namespace", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
     wire.field.add(name="name", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
     wire.field.add(
-        name="stat", number=3, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL, type_name=".zeroscale.metrics.Stat"
+        name="stat",
+        number=3,
+        type=_F.TYPE_MESSAGE,
+        label=_F.LABEL_OPTIONAL,
+        type_name=".zeroscale.metrics.Stat",
     )
     many = fdp.message_type.add(name="WireStatMessages")
     many.field.add(

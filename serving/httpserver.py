@@ -1,0 +1,718 @@
+"""HTTP/1.1 server on asyncio protocols with the httptools (llhttp) parser: the request path's front door.
+
+One handler task per request; bodies stream through a bounded buffer with socket-level backpressure;
+a client that disconnects cancels its handler, so whatever it waited for (a breaker slot, a pod, an
+upstream response) is given up at once. Malformed input never reaches a handler: it gets a 4xx and
+the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+__all__ = ["Handler", "Headers", "HttpServer", "Request", "Responder", "ServerLimits", "serve"]
+
+log = logging.getLogger("zeroscale.http")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_request_line: int = 8192
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    header_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    body_buffer: int = 262144
+
+
+class Headers:
+    """An ordered multi-map of header fields; names are lower-case bytes."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.items: list[tuple[bytes, bytes]] = items if items is not None else []
+
+    def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
+        for n, v in self.items:
+            if n == name:
+                return v
+        return default
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        return [v for n, v in self.items if n == name]
+
+    def __contains__(self, name: object) -> bool:
+        return any(n == name for n, _ in self.items)
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.items!r})"
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+_date_cache: list[Any] = [0, b""]
+
+
+def _http_date() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode()
+    return bytes(_date_cache[1])
+
+
+class Request:
+    __slots__ = (
+        "_body",
+        "_body_bytes",
+        "_complete",
+        "_consumed",
+        "_error",
+        "_expect_continue",
+        "_proto",
+        "_waiter",
+        "chunked",
+        "client",
+        "content_length",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self, proto: HttpProtocol, method: bytes, target: bytes, version: bytes, headers: Headers
+    ) -> None:
+        self._proto = proto
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.host = headers.get(b"host", b"") or b""
+        self.client = proto.peer
+        self.upgrade: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self._body: deque[bytes] = deque()
+        self._body_bytes = 0
+        self._complete = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._expect_continue = False
+        self._consumed = False
+
+    def _body_started(self) -> bool:
+        return self._consumed
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def body_complete(self) -> bool:
+        return self._complete and not self._body
+
+    # called by the protocol
+    def _feed(self, data: bytes) -> None:
+        self._body.append(data)
+        self._body_bytes += len(data)
+        if self._body_bytes > self._proto.limits.body_buffer:
+            self._proto.pause_reading_for_body()
+        self._wake()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        self._complete = True
+        if error is not None and self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def read(self) -> bytes:
+        """The next chunk of the body (after an upgrade: of the client's raw stream); b"" at the end."""
+        if self._expect_continue:
+            self._expect_continue = False
+            self._proto.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while not self._body:
+            if self._complete:
+                if self._error is not None:
+                    raise ConnectionError(str(self._error)) from self._error
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if len(self._body) == 1:
+            data = self._body.popleft()
+        else:
+            data = b"".join(self._body)
+            self._body.clear()
+        self._body_bytes = 0
+        self._consumed = True
+        self._proto.resume_reading_for_body()
+        return data
+
+
+class Responder:
+    __slots__ = (
+        "_chunked",
+        "_ended",
+        "_head",
+        "_no_body",
+        "_proto",
+        "_request",
+        "keep_alive",
+        "last_write",
+        "started",
+        "status",
+    )
+
+    def __init__(self, proto: HttpProtocol, request: Request) -> None:
+        self._proto = proto
+        self._request = request
+        self.started = False
+        self.status: int | None = None
+        self.last_write = time.monotonic()
+        self.keep_alive = request.keep_alive
+        self._chunked = False
+        self._no_body = False
+        self._ended = False
+        self._head: bytes | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    async def start(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = (),
+        reason: bytes | None = None,
+        *,
+        flush: bool = True,
+    ) -> None:
+        """Write the status line and headers. With flush=False they go out with the first write or end."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = status
+        req = self._request
+        has_cl = False
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
+        for name, value in headers:
+            if name == b"content-length":
+                has_cl = True
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if status == 101:
+            self._no_body = True
+            self.keep_alive = False
+        else:
+            self._no_body = req.method == b"HEAD" or status < 200 or status in (204, 304)
+            if not self._no_body and not has_cl:
+                if req.version == b"1.1":
+                    self._chunked = True
+                    lines.append(b"transfer-encoding: chunked\r\n")
+                else:
+                    self.keep_alive = False
+            if not self._proto.keep_alive_allowed():
+                self.keep_alive = False
+            if not self.keep_alive:
+                lines.append(b"connection: close\r\n")
+            elif req.version == b"1.0":
+                lines.append(b"connection: keep-alive\r\n")
+            lines.append(b"date: %s\r\n" % _http_date())
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        self.last_write = time.monotonic()
+        if flush:
+            self._proto.write_raw(head)
+        else:
+            self._head = head
+
+    async def write(self, data: bytes) -> None:
+        if not self.started:
+            raise RuntimeError("write() before start()")
+        if self._ended:
+            raise RuntimeError("write() after end()")
+        if not data or (self._no_body and self.status != 101):
+            return
+        head = self._head
+        if head is not None:
+            self._head = None
+        else:
+            head = b""
+        if self._chunked:
+            self._proto.write_raw(b"%s%x\r\n%s\r\n" % (head, len(data), data))
+        elif head:
+            self._proto.write_raw(head + data)
+        else:
+            self._proto.write_raw(data)
+        self.last_write = time.monotonic()
+        await self._proto.drain()
+
+    async def end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        if self._ended:
+            return
+        if not self.started:
+            await self.start(204 if self._request.method != b"HEAD" else 200, [(b"content-length", b"0")])
+        self._ended = True
+        tail = self._head or b""
+        self._head = None
+        if self._chunked:
+            if trailers:
+                tail += b"0\r\n" + b"".join(b"%s: %s\r\n" % t for t in trailers) + b"\r\n"
+            else:
+                tail += b"0\r\n\r\n"
+        if tail:
+            self._proto.write_raw(tail)
+        self.last_write = time.monotonic()
+        self._proto.response_done(self)
+
+    async def send(
+        self,
+        status: int,
+        body: bytes | str = b"",
+        headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = (),
+        content_type: bytes = b"text/plain; charset=utf-8",
+    ) -> None:
+        data = body.encode() if isinstance(body, str) else body
+        hdrs = [(b"content-type", content_type), (b"content-length", b"%d" % len(data)), *headers]
+        await self.start(status, hdrs, flush=False)
+        if data:
+            await self.write(data)
+        await self.end()
+
+    def abort(self) -> None:
+        """Close the client connection at once (a response cut short must not look complete)."""
+        self._ended = True
+        self._proto.close()
+
+    async def write_raw(self, data: bytes) -> None:
+        """Bytes as they are, after a 101 (tunnelled protocols)."""
+        self._proto.write_raw(data)
+        self.last_write = time.monotonic()
+        await self._proto.drain()
+
+
+Handler = Callable[[Request, Responder], Awaitable[None]]
+
+
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_body_paused",
+        "_closed",
+        "_drain_waiters",
+        "_header_bytes",
+        "_headers",
+        "_keepalive_handle",
+        "_loop",
+        "_paused_writing",
+        "_pipeline",
+        "_read_paused",
+        "_request",
+        "_responder",
+        "_task",
+        "_timer",
+        "_upgraded",
+        "_url",
+        "limits",
+        "parser",
+        "peer",
+        "server",
+        "transport",
+    )
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.limits = server.limits
+        self._loop = server.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._request: Request | None = None
+        self._responder: Responder | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pipeline: deque[Request] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._keepalive_handle: asyncio.TimerHandle | None = None
+        self._paused_writing = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._body_paused = False
+        self._read_paused = False
+        self._upgraded = False
+        self._closed = False
+
+    # -- connection ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        self.server.connections.add(self)
+        self._arm_timer(self.limits.header_timeout, self._on_header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        err = exc or ConnectionResetError("client closed the connection")
+        if self._request is not None and not self._request._complete:
+            self._request._finish(err)
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_exception(ConnectionResetError("client closed the connection"))
+        self._drain_waiters.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._pipeline.clear()
+
+    def eof_received(self) -> bool:
+        if self._upgraded and self._request is not None:
+            self._request._finish()
+            return True  # keep the write side open for the tunnel's other direction
+        return False
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def drain(self) -> None:
+        if self._closed:
+            raise ConnectionResetError("client closed the connection")
+        if self._paused_writing:
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
+
+    def write_raw(self, data: bytes) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
+    def keep_alive_allowed(self) -> bool:
+        return not self.server.stopping
+
+    def pause_reading_for_body(self) -> None:
+        if not self._body_paused and self.transport is not None:
+            self._body_paused = True
+            self._update_reading()
+
+    def resume_reading_for_body(self) -> None:
+        if self._body_paused:
+            self._body_paused = False
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        want_pause = self._body_paused or bool(self._pipeline)
+        if self.transport is None or self._closed:
+            return
+        if want_pause and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+        elif not want_pause and self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    # -- timers --------------------------------------------------------------------------------
+    def _arm_timer(self, delay: float, cb: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(delay, cb)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_header_timeout(self) -> None:
+        self._timer = None
+        if self._url or self._headers:
+            self._reject(408, "request header timeout")
+        else:
+            self.close()  # idle keep-alive connection, or a client that never spoke
+
+    # -- parsing -------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._upgraded:
+            if self._request is not None:
+                self._request._feed(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._start_tunnel(data[int(e.args[0]) :])
+        except _BadRequest as e:
+            self._reject(e.status, str(e))
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _BadRequest):
+                self._reject(cause.status, str(cause))
+            else:
+                log.exception("internal error while parsing a request")
+                self._reject(500, "internal error")
+        except httptools.HttpParserError as e:
+            self._reject(400, f"malformed request: {e}")
+
+    def _reject(self, status: int, message: str) -> None:
+        if self._closed:
+            return
+        if self._responder is not None and self._responder.started:
+            self.close()
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        body = message.encode()
+        self.write_raw(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, _reason(status), len(body), body)
+        )
+        self.close()
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        if self._timer is None and self._task is None:
+            self._arm_timer(self.limits.header_timeout, self._on_header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_request_line:
+            raise _BadRequest(414, "request URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_bytes or len(self._headers) >= self.limits.max_headers:
+            raise _BadRequest(431, "request header fields too large")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        headers = Headers(self._headers)
+        p = self.parser
+        req = Request(self, p.get_method(), self._url, p.get_http_version().encode(), headers)
+        cls = headers.get_all(b"content-length")
+        te = headers.get_all(b"transfer-encoding")
+        if len(cls) > 1:
+            raise _BadRequest(400, "duplicate Content-Length")
+        if cls and te:
+            raise _BadRequest(400, "Content-Length together with Transfer-Encoding")
+        if cls:
+            raw = cls[0].strip()
+            if not raw.isdigit():
+                raise _BadRequest(400, "invalid Content-Length")
+            req.content_length = int(raw)
+        if te:
+            if len(te) > 1 or te[0].strip().lower() != b"chunked":
+                raise _BadRequest(400, "unsupported Transfer-Encoding")
+            req.chunked = True
+        if req.method == b"CONNECT":
+            raise _BadRequest(405, "CONNECT is not supported")
+        if req.version == b"1.1" and not req.host:
+            raise _BadRequest(400, "missing Host header")
+        if len(headers.get_all(b"host")) > 1:
+            raise _BadRequest(400, "duplicate Host header")
+        req.keep_alive = bool(p.should_keep_alive())
+        if p.should_upgrade():
+            req.upgrade = (headers.get(b"upgrade") or b"").strip()
+        expect = headers.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue" and req.has_body:
+            req._expect_continue = True
+        if not req.has_body and req.upgrade is None:
+            req._complete = True
+        self._url = b""
+        self._headers = []
+        if self._task is not None:
+            # Pipelined: answer in order once the current response is done; stop reading meanwhile.
+            self._pipeline.append(req)
+            self._update_reading()
+            return
+        self._begin(req)
+
+    def _begin(self, req: Request) -> None:
+        self._cancel_timer()
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        self._request = req
+        self._responder = Responder(self, req)
+        self.server.active += 1
+        self._task = self._loop.create_task(self._run(req, self._responder))
+
+    def on_body(self, body: bytes) -> None:
+        req = self._pipeline[-1] if self._pipeline else self._request
+        if req is not None:
+            req._feed(body)
+
+    def on_message_complete(self) -> None:
+        req = self._pipeline[-1] if self._pipeline else self._request
+        if req is not None and req.upgrade is None:
+            req._finish()
+
+    def _start_tunnel(self, rest: bytes) -> None:
+        # llhttp stops at an upgrade request: what follows the head is the client's raw stream, which
+        # the handler reads through Request.read() once the upstream agreed (101).
+        self._upgraded = True
+        if self._request is not None and rest:
+            self._request._feed(rest)
+
+    # -- running handlers ----------------------------------------------------------------------
+    async def _run(self, req: Request, resp: Responder) -> None:
+        try:
+            await self.server.handler(req, resp)
+            if not resp.ended and not self._closed:
+                await resp.end()
+        except asyncio.CancelledError:
+            if not self._closed:
+                self.close()
+        except (ConnectionError, OSError):
+            self.close()
+        except Exception:
+            log.exception("handler failed for %s %s", req.method.decode(), req.target[:200].decode("latin-1"))
+            if not resp.started and not self._closed:
+                resp.keep_alive = False
+                with contextlib.suppress(Exception):
+                    await resp.send(500, b"internal error")
+            self.close()
+        finally:
+            self.server.active -= 1
+            if self._task is asyncio.current_task():
+                self._task = None
+            if not resp.ended:
+                self.close()
+
+    def response_done(self, resp: Responder) -> None:
+        req = self._request
+        if (
+            not resp.keep_alive
+            or self._upgraded
+            or req is None
+            or not req._complete  # the request body was not read to its end: framing is lost
+            or self.server.stopping
+        ):
+            self._loop.call_soon(self.close)
+            return
+        self._request = None
+        self._responder = None
+        if self._pipeline:
+            nxt = self._pipeline.popleft()
+            self._begin(nxt)
+            self._update_reading()
+        else:
+            self._keepalive_handle = self._loop.call_later(self.limits.keepalive_timeout, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        if self._task is None and not self._url and not self._headers:
+            self.close()
+
+    def close_if_idle(self) -> None:
+        if self._task is None:
+            self.close()
+
+
+class HttpServer:
+    """A listening HTTP/1.1 server; see serve()."""
+
+    def __init__(self, handler: Handler, limits: ServerLimits, loop: asyncio.AbstractEventLoop) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.loop = loop
+        self.connections: set[HttpProtocol] = set()
+        self.active = 0
+        self.stopping = False
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let running handlers finish (up to timeout), close every connection."""
+        self.stopping = True
+        self.stop_accepting()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        deadline = self.loop.time() + timeout
+        # Handlers end in their own tasks; a short poll keeps this free of per-request bookkeeping.
+        while self.active > 0 and self.loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+
+
+async def serve(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    limits: ServerLimits | None = None,
+    backlog: int = 1024,
+    reuse_port: bool = False,
+) -> HttpServer:
+    loop = asyncio.get_running_loop()
+    srv = HttpServer(handler, limits or ServerLimits(), loop)
+    server = await loop.create_server(
+        lambda: HttpProtocol(srv),
+        host,
+        port,
+        backlog=backlog,
+        reuse_address=True,
+        reuse_port=reuse_port or None,
+    )
+    srv._server = server
+    sockets = server.sockets or ()
+    srv.port = int(sockets[0].getsockname()[1]) if sockets else port
+    return srv

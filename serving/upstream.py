@@ -1,0 +1,447 @@
+"""Forwarding to an upstream over HTTP/1.1: a keep-alive pool per host:port and a streaming relay.
+
+Both directions stream chunk by chunk with backpressure (a slow reader slows its writer; nothing is
+buffered past a bounded window). A pooled connection that the upstream had already closed (the
+keep-alive race behind many proxies' sporadic 502s) is retried once on a fresh connection when no
+request body byte has been consumed; anything else that fails before the response starts is an
+UpstreamError for the caller to answer 502.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections import deque
+
+import httptools
+
+from .headers import HOP_BY_HOP, connection_tokens
+from .httpserver import Request, Responder
+
+__all__ = ["Upstream", "UpstreamError", "forward", "strip_hop_by_hop"]
+
+_READ_WINDOW = 262144
+
+
+class UpstreamError(Exception):
+    def __init__(self, message: str, *, started: bool = False) -> None:
+        super().__init__(message)
+        self.started = started
+
+
+def strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Drop the fields RFC 9110 7.6.1 says a proxy must not forward, including those named in Connection."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named |= connection_tokens(value)
+    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
+    return [(n, v) for n, v in headers if n not in drop]
+
+
+class _Conn(asyncio.Protocol):
+    """One upstream connection; parses responses and buffers at most a window of body bytes."""
+
+    __slots__ = (
+        "_body",
+        "_body_bytes",
+        "_drain",
+        "_got_bytes",
+        "_head",
+        "_paused_reading",
+        "_paused_writing",
+        "_waiter",
+        "closed",
+        "complete",
+        "error",
+        "headers",
+        "idle_since",
+        "keep_alive",
+        "loop",
+        "no_body",
+        "parser",
+        "raw",
+        "status",
+        "trailers",
+        "transport",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.error: BaseException | None = None
+        self._paused_writing = False
+        self._drain: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.idle_since = 0.0
+        self.raw = False
+        self.no_body = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self._head = False
+        self._body: deque[bytes] = deque()
+        self._body_bytes = 0
+        self.complete = False
+        self.keep_alive = False
+        self._got_bytes = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.error is None:
+            self.error = exc or ConnectionResetError("upstream closed the connection")
+        self._wake()
+        d = self._drain
+        if d is not None and not d.done():
+            d.set_exception(ConnectionResetError("upstream closed the connection"))
+
+    def eof_received(self) -> bool:
+        if self.raw:
+            self.complete = True
+            self._wake()
+            return True
+        try:
+            self.parser.feed_data(b"")
+        except httptools.HttpParserError:
+            pass
+        if not self.complete and self.error is None:
+            self.error = ConnectionResetError("upstream closed the connection before the response ended")
+        self._wake()
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        if self.raw:
+            self._add_body(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.raw = True
+            rest = data[int(e.args[0]) :]
+            if rest:
+                self._add_body(rest)
+        except httptools.HttpParserError as e:
+            self.error = ValueError(f"malformed response from upstream: {e}")
+            self._wake()
+            if self.transport is not None:
+                self.transport.close()
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        d, self._drain = self._drain, None
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    # -- parser callbacks ----------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head:
+            self.trailers.append((name.lower(), value))
+        else:
+            self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.headers = []  # an interim response (100 Continue, 103): not relayed
+            return
+        self.status = status
+        self._head = True
+        self.keep_alive = bool(self.parser.should_keep_alive())
+        if self.no_body:
+            # The answer to a HEAD: the parser cannot know there is no body, so this connection ends here.
+            self.complete = True
+            self.keep_alive = False
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._add_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._head or self.status == 101:
+            return  # end of an interim response; after a 101 the raw stream follows
+        self.complete = True
+        self._wake()
+
+    # -- used by forward -----------------------------------------------------------------------
+    def _add_body(self, data: bytes) -> None:
+        self._body.append(data)
+        self._body_bytes += len(data)
+        if self._body_bytes > _READ_WINDOW and not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def read_head(self) -> None:
+        while not self._head:
+            if self.error is not None or self.closed:
+                raise self.error or ConnectionResetError("upstream closed the connection")
+            await self._wait()
+
+    def buffered(self) -> bool:
+        return bool(self._body) or self.complete
+
+    async def read(self) -> bytes:
+        """Next body chunk, b"" at the end of the message (or of the raw stream after a 101)."""
+        while not self._body:
+            if self.complete:
+                return b""
+            if self.error is not None or self.closed:
+                raise self.error or ConnectionResetError("upstream closed the connection")
+            await self._wait()
+        data = self._body.popleft() if len(self._body) == 1 else b"".join(self._body)
+        self._body.clear()
+        self._body_bytes = 0
+        if self._paused_reading and self.transport is not None and not self.closed:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            raise ConnectionResetError("upstream closed the connection")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ConnectionResetError("upstream closed the connection")
+        if self._paused_writing:
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Upstream:
+    """A keep-alive pool of HTTP/1.1 connections to one host:port (most recently used first)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_idle: int = 100,
+        idle_timeout: float = 4.0,
+        connect_timeout: float = 3.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.max_idle = max_idle
+        # Shorter than the keep-alive of common app servers (5 s for Node and gunicorn) so that we
+        # drop a connection before the app does, rather than write a request into its closing socket.
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self._idle: deque[_Conn] = deque()
+        self.in_use = 0
+        self._closed = False
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(lambda: _Conn(loop), self.host, self.port)
+        except (OSError, TimeoutError) as e:
+            raise UpstreamError(f"dial tcp {self.host}:{self.port}: {e or type(e).__name__}") from e
+        return conn
+
+    async def acquire(self) -> tuple[_Conn, bool]:
+        """A connection and whether it was reused from the pool."""
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.closed or now - conn.idle_since > self.idle_timeout:
+                conn.close()
+                continue
+            self.in_use += 1
+            return conn, True
+        conn = await self._connect()
+        self.in_use += 1
+        return conn, False
+
+    def release(self, conn: _Conn, reusable: bool) -> None:
+        self.in_use -= 1
+        if reusable and not conn.closed and not self._closed and len(self._idle) < self.max_idle:
+            conn._reset()
+            conn.no_body = False
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+
+def _request_head(
+    req: Request, headers: list[tuple[bytes, bytes]], target: bytes | None, host: str, port: int
+) -> bytes:
+    out = strip_hop_by_hop(headers)
+    lines = [b"%s %s HTTP/1.1\r\n" % (req.method, target if target is not None else req.target)]
+    host_value: bytes | None = None
+    for name, value in out:
+        if name == b"host":
+            if host_value is None:
+                host_value = value
+            continue
+        if name in (b"content-length", b"expect"):
+            continue  # framing is ours; 100-continue is answered by our own server side
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.insert(1, b"host: %s\r\n" % (host_value if host_value is not None else b"%s:%d" % (host.encode(), port)))
+    if req.upgrade is not None:
+        lines.append(b"connection: upgrade\r\nupgrade: %s\r\n" % req.upgrade)
+    elif req.content_length is not None:
+        lines.append(b"content-length: %d\r\n" % req.content_length)
+    elif req.chunked:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+async def _pump_body(req: Request, conn: _Conn) -> None:
+    """Client request body -> upstream, re-framed, with backpressure both ways."""
+    chunked = req.chunked
+    while True:
+        data = await req.read()
+        if not data:
+            break
+        conn.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        await conn.drain()
+    if chunked:
+        conn.write(b"0\r\n\r\n")
+
+
+async def forward(
+    req: Request,
+    resp: Responder,
+    upstream: Upstream,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    target: bytes | None = None,
+) -> int:
+    """Relay req to upstream and the answer back to resp; returns the upstream status."""
+    head = _request_head(req, headers, target, upstream.host, upstream.port)
+    has_body = req.has_body
+    for attempt in (0, 1):
+        conn, reused = await upstream.acquire()
+        conn.no_body = req.method == b"HEAD"
+        pump: asyncio.Task[None] | None = None
+        ok = False
+        try:
+            try:
+                conn.write(head)
+                if has_body:
+                    pump = asyncio.get_running_loop().create_task(_pump_body(req, conn))
+                await conn.read_head()
+            except (ConnectionError, OSError, ValueError) as e:
+                if reused and attempt == 0 and not conn._got_bytes and not (has_body and req._body_started()):
+                    continue  # the pooled connection was dead: the keep-alive race; one fresh try
+                raise UpstreamError(f"upstream {upstream.host}:{upstream.port}: {e}") from e
+            if conn.status == 101 and req.upgrade is not None:
+                await _tunnel(req, resp, conn)
+                return 101
+            status = await _relay_response(resp, conn)
+            if pump is not None:
+                if not pump.done():
+                    # The upstream answered before reading the whole body; the connection's framing is lost.
+                    pump.cancel()
+                    conn.keep_alive = False
+                else:
+                    pump.result()
+            ok = conn.keep_alive and conn.complete
+            return status
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+            upstream.release(conn, ok)
+    raise AssertionError("unreachable")
+
+
+async def _relay_response(resp: Responder, conn: _Conn) -> int:
+    status = conn.status
+    # Small answers leave in one write together with the head; streams get their head at once.
+    await resp.start(status, strip_hop_by_hop(conn.headers), flush=not conn.buffered())
+    while True:
+        try:
+            data = await conn.read()
+        except (ConnectionError, OSError, ValueError) as e:
+            resp.abort()
+            raise UpstreamError(f"upstream failed mid-response: {e}", started=True) from e
+        if not data:
+            break
+        await resp.write(data)  # a client that went away raises here: not an upstream failure
+    await resp.end(conn.trailers or None)
+    return status
+
+
+async def _tunnel(req: Request, resp: Responder, conn: _Conn) -> None:
+    """After a 101: splice client and upstream bytes until either side ends."""
+    proto = dict(conn.headers).get(b"upgrade") or req.upgrade or b""
+    await resp.start(101, [(b"connection", b"upgrade"), (b"upgrade", proto), *strip_hop_by_hop(conn.headers)])
+
+    async def up() -> None:
+        while True:
+            data = await req.read()
+            if not data:
+                break
+            conn.write(data)
+            await conn.drain()
+        if conn.transport is not None and not conn.closed and conn.transport.can_write_eof():
+            conn.transport.write_eof()
+
+    pump = asyncio.get_running_loop().create_task(up())
+    try:
+        while True:
+            try:
+                data = await conn.read()
+            except (ConnectionError, OSError):
+                break
+            if not data:
+                break
+            await resp.write_raw(data)
+    finally:
+        pump.cancel()
+        with contextlib.suppress(BaseException):
+            await pump
+        conn.keep_alive = False
+        resp.abort()
