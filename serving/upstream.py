@@ -327,7 +327,9 @@ def _request_head(
         if name in (b"content-length", b"expect"):
             continue  # framing is ours; 100-continue is answered by our own server side
         lines.append(b"%s: %s\r\n" % (name, value))
-    lines.insert(1, b"host: %s\r\n" % (host_value if host_value is not None else b"%s:%d" % (host.encode(), port)))
+    lines.insert(
+        1, b"host: %s\r\n" % (host_value if host_value is not None else b"%s:%d" % (host.encode(), port))
+    )
     if req.upgrade is not None:
         lines.append(b"connection: upgrade\r\nupgrade: %s\r\n" % req.upgrade)
     elif req.content_length is not None:

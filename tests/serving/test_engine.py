@@ -68,7 +68,9 @@ async def _upstream_app() -> web.Application:
 
 
 class Env:
-    def __init__(self, server: HttpServer, upstream: Upstream, app: web.Application, calls: list[str]) -> None:
+    def __init__(
+        self, server: HttpServer, upstream: Upstream, app: web.Application, calls: list[str]
+    ) -> None:
         self.server = server
         self.upstream = upstream
         self.app = app
@@ -106,7 +108,9 @@ async def env() -> AsyncIterator[Env]:
             calls.append("cancelled")
             raise
 
-    server = await serve(handler, "127.0.0.1", 0, limits=ServerLimits(header_timeout=1.0, max_header_bytes=8192))
+    server = await serve(
+        handler, "127.0.0.1", 0, limits=ServerLimits(header_timeout=1.0, max_header_bytes=8192)
+    )
     try:
         yield Env(server, up, app, calls)
     finally:
@@ -122,7 +126,9 @@ async def test_get_keep_alive_and_headers(env: Env) -> None:
             async with s.get(env.url + f"/?i={i}") as r:
                 assert r.status == 200
                 assert await r.text() == f"hello GET /?i={i}"
-        async with s.get(env.url + "/headers", headers={"Connection": "keep-alive, X-Drop", "X-Drop": "1"}) as r:
+        async with s.get(
+            env.url + "/headers", headers={"Connection": "keep-alive, X-Drop", "X-Drop": "1"}
+        ) as r:
             got = await r.json()
     assert got["x-via-engine"] == "1"
     assert "x-drop" not in got  # named in Connection: hop-by-hop
@@ -182,7 +188,7 @@ async def test_upstream_down_is_502() -> None:
 
 
 async def test_client_disconnect_cancels_the_handler(env: Env) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", env.server.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", env.server.port)
     writer.write(b"GET /slow?s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     await _until(lambda: env.calls == ["start"])
@@ -194,7 +200,9 @@ async def test_client_disconnect_cancels_the_handler(env: Env) -> None:
 
 async def test_pipelined_requests_answered_in_order(env: Env) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", env.server.port)
-    writer.write(b"GET /?a HTTP/1.1\r\nHost: x\r\n\r\nGET /local HTTP/1.1\r\nHost: x\r\n\r\nGET /?c HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(
+        b"GET /?a HTTP/1.1\r\nHost: x\r\n\r\nGET /local HTTP/1.1\r\nHost: x\r\n\r\nGET /?c HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     await writer.drain()
     data = b""
     with contextlib.suppress(TimeoutError):
@@ -216,7 +224,9 @@ BAD_REQUESTS = [
         id="cl-and-te",
     ),
     pytest.param(
-        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400, id="dup-cl"
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        400,
+        id="dup-cl",
     ),
     pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431, id="header-too-large"),
     pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, id="url-too-long"),
@@ -228,7 +238,9 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize(("raw", "status"), BAD_REQUESTS)
-async def test_malformed_input_gets_4xx_and_never_reaches_the_handler(env: Env, raw: bytes, status: int) -> None:
+async def test_malformed_input_gets_4xx_and_never_reaches_the_handler(
+    env: Env, raw: bytes, status: int
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", env.server.port)
     writer.write(raw)
     await writer.drain()
