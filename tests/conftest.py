@@ -32,3 +32,11 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> object:
+    # The binaries run on uvloop; so do the tests, so that a transport quirk of uvloop shows up here.
+    import uvloop
+
+    return uvloop.EventLoopPolicy()
