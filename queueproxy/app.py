@@ -1,0 +1,171 @@
+"""The queue-proxy's composition root: config -> parts -> four listeners -> drain -> exit.
+
+The serving port runs on the kernel's HTTP engine (asyncio protocols + httptools on uvloop); the
+admin, autoscaler-metrics and user-metrics ports are small aiohttp apps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Mapping
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from serving.breaker import Breaker
+from serving.clock import MonotonicClock
+from serving.drain import Drainer
+from serving.errors import ConfigError
+from serving.httpserver import HttpServer, serve
+from serving.logs import setup_logging
+from serving.stats import RequestStats
+from serving.upstream import Upstream
+
+from .admin import DrainControl, admin_app
+from .config import QueueProxyConfig
+from .handler import QueueHandler, Timeouts
+from .health import Readiness
+from .reporter import StatsReporter, metrics_app
+from .usermetrics import UserMetrics, user_metrics_app
+
+__all__ = ["QueueProxy", "run"]
+
+log = logging.getLogger("queueproxy")
+
+# Knative's largest revision timeout: the drain's cap when the revision sets none.
+MAX_REVISION_TIMEOUT = 600.0
+
+
+class QueueProxy:
+    def __init__(self, cfg: QueueProxyConfig) -> None:
+        self.cfg = cfg
+        clock = MonotonicClock()
+        # 1. what the request path shares with the reporters
+        self.stats = RequestStats(clock.now())
+        self.drain = DrainControl(
+            Drainer(cfg.drain_quiet_period, cfg.revision_timeout or MAX_REVISION_TIMEOUT, clock)
+        )
+        cc = cfg.container_concurrency
+        self.breaker = Breaker(queue_depth=10 * cc, max_concurrency=cc) if cc >= 1 else None
+        self.readiness = Readiness(cfg.readiness_probes, cfg.user_port)
+        self.user_metrics = UserMetrics(
+            CollectorRegistry(),
+            namespace=cfg.namespace,
+            service=cfg.service,
+            configuration=cfg.configuration,
+            revision=cfg.revision,
+        )
+        self.reporter = StatsReporter(
+            self.stats,
+            pod_name=cfg.pod,
+            clock=clock,
+            labels={
+                "destination_namespace": cfg.namespace,
+                "destination_configuration": cfg.configuration,
+                "destination_revision": cfg.revision,
+                "destination_pod": cfg.pod,
+            },
+        )
+        # 2. the request path: the handler in front of a keep-alive pool to the user container
+        #    (Knative keeps cc idle connections, or 1000 when cc is 0)
+        self.upstream = Upstream("127.0.0.1", cfg.user_port, max_idle=cc or 1000)
+        self.handler = QueueHandler(
+            upstream=self.upstream,
+            stats=self.stats,
+            drain=self.drain,
+            readiness=self.readiness,
+            breaker=self.breaker,
+            metrics=self.user_metrics,
+            timeouts=Timeouts(cfg.revision_timeout, cfg.response_start_timeout, cfg.idle_timeout),
+        )
+        self.server: HttpServer | None = None
+        self._runners: list[web.AppRunner] = []
+        self._reporter_task: asyncio.Task[None] | None = None
+        self._terminated = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        # 3. side ports first, so a scraper or preStop hook never finds them missing once serving
+        for app, port in (
+            (admin_app(self.drain), cfg.admin_port),
+            (metrics_app(self.reporter), cfg.metrics_port),
+            (user_metrics_app(self.user_metrics), cfg.user_metrics_port),
+        ):
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, cfg.bind_address, port, backlog=128).start()
+            self._runners.append(runner)
+        self._reporter_task = asyncio.get_running_loop().create_task(self.reporter.run_forever())
+        # 4. the serving port
+        self.server = await serve(self.handler, cfg.bind_address, cfg.serving_port)
+        log.info(
+            "serving on %s:%d -> 127.0.0.1:%d (cc=%d, timeout=%.0fs); admin %d, metrics %d, user metrics %d",
+            cfg.bind_address,
+            self.server.port,
+            cfg.user_port,
+            cfg.container_concurrency,
+            cfg.revision_timeout,
+            cfg.admin_port,
+            cfg.metrics_port,
+            cfg.user_metrics_port,
+        )
+
+    def terminate(self) -> None:
+        self.drain.terminate()
+        self._terminated.set()
+
+    async def run_until_drained(self) -> None:
+        await self._terminated.wait()
+        await self.drain.wait_drained()
+        log.info("drained (%d in flight); shutting down", self.drain.drainer.in_flight)
+
+    async def stop(self) -> None:
+        # 5. ordered shutdown: serving port, then the side ports (a pending /wait-for-drain answers
+        #    first), then the upstream pool
+        if self.server is not None:
+            await self.server.shutdown(timeout=1.0)
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        if self._reporter_task is not None:
+            self._reporter_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporter_task
+        await self.upstream.close()
+
+
+async def _amain(cfg: QueueProxyConfig) -> int:
+    qp = QueueProxy(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, qp.terminate)
+    try:
+        try:
+            await qp.start()
+        except OSError as e:
+            log.error("cannot listen: %s", e)
+            return 1
+        await qp.run_until_drained()
+    finally:
+        await qp.stop()
+    return 0
+
+
+def run(env: Mapping[str, str]) -> int:
+    try:
+        cfg = QueueProxyConfig.from_env(env)
+    except ConfigError as e:
+        print(f"queue-proxy: {e}", file=sys.stderr)
+        return 2
+    setup_logging(
+        "queue-proxy",
+        extra={"knative.dev/key": f"{cfg.namespace}/{cfg.revision}", "knative.dev/pod": cfg.pod},
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency everywhere but Windows
+        return asyncio.run(_amain(cfg))
+    return uvloop.run(_amain(cfg))

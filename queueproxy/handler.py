@@ -1,0 +1,262 @@
+"""The queue-proxy's request path, in Knative's order: probes, drain bookkeeping, stats, timeouts,
+breaker, header rewrite, forward.
+
+1. ``K-Network-Probe``: ``queue`` is a readiness check of the user container (200 ``queue`` / 503),
+   ``probe`` a network probe that echoes ``K-Network-Hash``; any other value is a 400. Both fail with
+   503 while draining. Probes never count as traffic.
+2. Kubelet and Knative health checks (``User-Agent: kube-probe/...``, ``K-Kubelet-Probe``,
+   ``Knative-Activator-Probe``, ``Knative-Autoscaling-Probe``) are 503 ``shutting down`` while draining,
+   and otherwise go to the app without breaker or stats (a liveness probe must not wait in the queue).
+3. Every other request is in flight for the drain (which it keeps from completing and whose quiet
+   period it restarts) and for the autoscaler's stats from arrival to the end of its response; a
+   websocket stays in flight until it closes. ``K-Proxy-Request: activator`` counts it as proxied.
+4. Timeouts cover the breaker wait and the forward: the total timeout (``REVISION_TIMEOUT_SECONDS``),
+   the response-start timeout (only until the first byte; a websocket's 101 is a first byte) and
+   the idle timeout (since the last byte written to the client; not applied after a 101). One that
+   fires before the response started answers 504 ``request timeout``; after, the connection is cut,
+   because a half-sent response must not look complete.
+5. With ``CONTAINER_CONCURRENCY`` = cc >= 1 the breaker admits cc at once and queues 10 x cc in order;
+   beyond that, 503 ``pending request queue full`` at once. A client that goes away while queued
+   frees its place at once (the engine cancels this handler).
+6. A failed upstream answers 502 with the error text, or cuts the connection if the response started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from serving.breaker import Breaker
+from serving.errors import QueueFullError
+from serving.headers import (
+    ACTIVATOR_PROBE_UA,
+    AUTOSCALING_PROBE_UA,
+    K_KUBELET_PROBE,
+    K_NETWORK_HASH,
+    K_NETWORK_PROBE,
+    K_PROXY_REQUEST,
+    KUBE_PROBE_UA,
+)
+from serving.httpserver import Request, Responder
+from serving.stats import RequestStats
+from serving.upstream import Upstream, UpstreamError, forward
+
+from .rewrite import upstream_headers
+
+__all__ = ["Forward", "QueueHandler", "Timeouts"]
+
+_HEALTH_UAS = (KUBE_PROBE_UA, ACTIVATOR_PROBE_UA, AUTOSCALING_PROBE_UA)
+_TIMEOUT_BODY = b"request timeout"
+
+Forward = Callable[[Request, Responder, Upstream, list[tuple[bytes, bytes]]], Awaitable[int]]
+
+
+class ReadinessCheck(Protocol):
+    async def check(self) -> bool: ...
+
+
+class Drain(Protocol):
+    @property
+    def draining(self) -> bool: ...
+    def request_started(self) -> None: ...
+    def request_finished(self) -> None: ...
+
+
+class RequestMetrics(Protocol):
+    def observe(self, status: int, seconds: float) -> None: ...
+    def queue_depth(self, depth: int) -> None: ...
+
+
+class Timeouts:
+    __slots__ = ("idle", "response_start", "total")
+
+    def __init__(self, total: float = 300.0, response_start: float = 0.0, idle: float = 0.0) -> None:
+        self.total = total  # 0 = none
+        self.response_start = response_start
+        self.idle = idle
+
+    @property
+    def any(self) -> bool:
+        return bool(self.total or self.response_start or self.idle)
+
+
+class _Watchdog:
+    """Knative's three per-request timers as one re-armed loop timer that cancels the handler task.
+
+    It re-checks at each expiry, so the response-start and idle limits can look at what the
+    response has done meanwhile instead of being decided when the timer was set.
+    """
+
+    __slots__ = ("fired", "handle", "loop", "resp", "start", "task", "timeouts")
+
+    def __init__(self, timeouts: Timeouts, resp: Responder, start: float) -> None:
+        self.timeouts = timeouts
+        self.resp = resp
+        self.start = start
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.fired = False
+        self.handle: asyncio.TimerHandle | None = None
+        self._arm(time.monotonic())
+
+    def _arm(self, now: float) -> None:
+        t = self.timeouts
+        resp = self.resp
+        deadline = self.start + t.total if t.total else float("inf")
+        if t.response_start and not resp.started:
+            deadline = min(deadline, self.start + t.response_start)
+        if t.idle and resp.status != 101:
+            deadline = min(deadline, resp.last_write + t.idle)
+        if deadline != float("inf"):
+            self.handle = self.loop.call_later(max(0.0, deadline - now), self._check)
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        t = self.timeouts
+        resp = self.resp
+        expired = (
+            (t.total and now >= self.start + t.total)
+            or (t.response_start and not resp.started and now >= self.start + t.response_start)
+            or (t.idle and resp.status != 101 and now >= resp.last_write + t.idle)
+        )
+        if expired and self.task is not None:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self._arm(now)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+
+
+class QueueHandler:
+    __slots__ = (
+        "_breaker",
+        "_drain",
+        "_forward",
+        "_metrics",
+        "_readiness",
+        "_stats",
+        "_timeouts",
+        "_upstream",
+    )
+
+    def __init__(
+        self,
+        *,
+        upstream: Upstream,
+        stats: RequestStats,
+        drain: Drain,
+        readiness: ReadinessCheck,
+        breaker: Breaker | None = None,
+        metrics: RequestMetrics | None = None,
+        timeouts: Timeouts | None = None,
+        forward_fn: Forward = forward,
+    ) -> None:
+        self._upstream = upstream
+        self._stats = stats
+        self._drain = drain
+        self._readiness = readiness
+        self._breaker = breaker
+        self._metrics = metrics
+        self._timeouts = timeouts or Timeouts()
+        self._forward = forward_fn
+
+    async def __call__(self, req: Request, resp: Responder) -> None:
+        headers = req.headers
+        probe = headers.get(K_NETWORK_PROBE)
+        if probe is not None:
+            await self._network_probe(probe, req, resp)
+            return
+        ua = headers.get(b"user-agent")
+        if (ua is not None and ua.startswith(_HEALTH_UAS)) or K_KUBELET_PROBE in headers:
+            if self._drain.draining:
+                await resp.send(503, b"shutting down")
+                return
+            await self._guarded(req, resp, gated=False)  # no breaker, no stats, no drain bookkeeping
+            return
+
+        proxied = headers.get(K_PROXY_REQUEST) == b"activator"
+        start = time.monotonic()
+        stats = self._stats
+        self._drain.request_started()
+        stats.request_in(start, proxied)
+        try:
+            status = await self._guarded(req, resp, gated=True, start=start)
+        finally:
+            end = time.monotonic()
+            stats.request_out(end, proxied)
+            self._drain.request_finished()
+        if status and self._metrics is not None:
+            self._metrics.observe(status, end - start)
+
+    async def _guarded(
+        self, req: Request, resp: Responder, *, gated: bool, start: float | None = None
+    ) -> int:
+        """Run the gate and forward under the timeouts; return the status sent (0 if none counted)."""
+        timeouts = self._timeouts
+        if not timeouts.any:
+            return await self._gate_and_forward(req, resp, gated)
+        dog = _Watchdog(timeouts, resp, time.monotonic() if start is None else start)
+        try:
+            return await self._gate_and_forward(req, resp, gated)
+        except asyncio.CancelledError:
+            task = dog.task
+            # Only our own cancel: the engine's (client gone) must go on propagating.
+            if not dog.fired or task is None or task.cancelling() > 1:
+                raise
+            task.uncancel()
+        finally:
+            dog.stop()
+        if not resp.started:
+            await resp.send(504, _TIMEOUT_BODY)
+        else:
+            resp.abort()
+        return 504
+
+    async def _gate_and_forward(self, req: Request, resp: Responder, gated: bool) -> int:
+        breaker = self._breaker if gated else None
+        if breaker is None:
+            return await self._proxy(req, resp)
+        if self._metrics is not None:
+            self._metrics.queue_depth(breaker.in_flight)
+        try:
+            await breaker.acquire()
+        except QueueFullError as e:
+            await resp.send(503, str(e))
+            return 0  # Knative records app metrics only for requests that got past the breaker
+        try:
+            return await self._proxy(req, resp)
+        finally:
+            breaker.release()
+
+    async def _proxy(self, req: Request, resp: Responder) -> int:
+        try:
+            return await self._forward(req, resp, self._upstream, upstream_headers(req.headers.items))
+        except UpstreamError as e:
+            if e.started or resp.started:
+                return 502  # forward has cut the client connection already
+            await resp.send(502, str(e))
+            return 502
+
+    async def _network_probe(self, value: bytes, req: Request, resp: Responder) -> None:
+        if value == b"queue":
+            if self._drain.draining:
+                await resp.send(503, b"shutting down")
+            elif await self._readiness.check():
+                await resp.send(200, b"queue")
+            else:
+                await resp.send(503, b"user container is not ready")
+        elif value == b"probe":
+            probe_hash = req.headers.get(K_NETWORK_HASH)
+            if self._drain.draining:
+                await resp.send(503, b"shutting down")
+            elif not probe_hash:
+                await resp.send(400, b"no K-Network-Hash header")
+            else:
+                await resp.send(200, b"", headers=[(K_NETWORK_HASH, probe_hash)])
+        else:
+            await resp.send(400, b"unexpected probe header value: " + value[:100])
