@@ -322,7 +322,7 @@ def parse_configmaps(text: str, source: str = "<config>") -> dict[str, dict[str,
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from e
     out: dict[str, dict[str, str]] = {}
-    for index, doc in enumerate(docs):
+    for index, doc in enumerate(docs, start=1):
         if doc is None:
             continue
         where = f"{source} (document {index})"
