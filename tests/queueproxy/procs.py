@@ -72,7 +72,9 @@ def user_app(port: int | None = None, *args: str, wait: bool = True) -> Iterator
     p = _spawn([PYTHON, USER_APP, "--port", str(port), *args])
     try:
         if wait:
-            wait_until(lambda: port_open(port) or p.proc.poll() is not None, timeout=30, what="user app listens")
+            wait_until(
+                lambda: port_open(port) or p.proc.poll() is not None, timeout=30, what="user app listens"
+            )
             assert p.proc.poll() is None, p.output()
         yield UserApp(port, p)
     finally:
@@ -122,7 +124,9 @@ def queue_proxy(user_port: int, **env: str) -> Iterator[QP]:
     }
     p = _spawn([PYTHON, "-m", "queueproxy"], full)
     try:
-        wait_until(lambda: port_open(ports[0]) or p.proc.poll() is not None, timeout=30, what="queue-proxy up")
+        wait_until(
+            lambda: port_open(ports[0]) or p.proc.poll() is not None, timeout=30, what="queue-proxy up"
+        )
         assert p.proc.poll() is None, p.output()
         yield QP(p, ports[0], ports[1], ports[2], ports[3], full)
     finally:

@@ -75,7 +75,9 @@ async def test_knative_headers_are_rewritten(qp: QP, client: httpx.AsyncClient) 
 
 
 async def test_client_forwarded_header_is_kept(qp: QP, client: httpx.AsyncClient) -> None:
-    r = await client.get(qp.url("/headers"), headers={"Forwarded": "for=1.1.1.1", "X-Forwarded-For": "2.2.2.2"})
+    r = await client.get(
+        qp.url("/headers"), headers={"Forwarded": "for=1.1.1.1", "X-Forwarded-For": "2.2.2.2"}
+    )
     got = {k.lower(): v for k, v in r.json()["headers"]}
     assert got["forwarded"] == "for=1.1.1.1"
 
@@ -181,7 +183,9 @@ async def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
             b"400",
             id="cl-and-te",
         ),
-        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", b"431", id="huge-header"),
+        pytest.param(
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", b"431", id="huge-header"
+        ),
         pytest.param(b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414", id="huge-url"),
     ],
 )
@@ -208,8 +212,12 @@ async def test_user_metrics_count_by_response_code(qp: QP, client: httpx.AsyncCl
         await client.get(qp.url("/status?code=299"))
     await client.get(qp.url("/"), headers={"K-Network-Probe": "queue"})
     text = (await client.get(f"http://127.0.0.1:{qp.user_metrics_port}/metrics")).text
-    line = next(x for x in text.splitlines() if x.startswith("kn_serving_invocation_duration_seconds_count")
-                and 'http_response_status_code="299"' in x)
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("kn_serving_invocation_duration_seconds_count")
+        and 'http_response_status_code="299"' in x
+    )
     assert line.endswith(" 3.0")
     assert 'kn_revision_name="svc-00001"' in line and 'k8s_namespace_name="ns"' in line
     assert 'kn_service_name="svc"' in line and 'kn_configuration_name="cfg"' in line
