@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from .procs import QP, UserApp, queue_proxy, user_app
 pytestmark = pytest.mark.e2e
 
 PROBE = {"K-Network-Probe": "queue"}
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def poll(fn, what: str, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+async def poll(fn: Callable[[], Awaitable[T]], what: str, timeout: float = 15.0) -> T:
     """Call the async fn until it returns something truthy; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -44,7 +46,7 @@ async def poll(fn, what: str, timeout: float = 15.0):  # type: ignore[no-untyped
         await asyncio.sleep(0.02)
 
 
-async def stays(cond, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+async def stays(cond: Callable[[], object], seconds: float, what: str) -> None:
     """Check that cond() holds during the whole window (a negative can only be seen over time)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -107,7 +109,7 @@ async def test_open_websocket_counts_in_flight_and_holds_the_drain(
                 return stat if stat.average_concurrent_requests >= 0.99 else None
 
             stat = await poll(full_period_with_ws, "a period in which the websocket was in flight throughout")
-            assert stat.average_concurrent_requests == pytest.approx(1.0, abs=0.01)
+            assert stat is not None and stat.average_concurrent_requests == pytest.approx(1.0, abs=0.01)
             qp.terminate()
             await stays(lambda: qp.proc.proc.poll() is None, 1.2, "exited with a websocket open")
             await ws.send("still here")
