@@ -69,9 +69,10 @@ class RevisionScaler:
 
     __slots__ = ("_initialized", "_proxy_since", "_scaling", "_state", "_state_since")
 
-    def __init__(self, scaling: RevisionScaling, now: float) -> None:
+    def __init__(self, scaling: RevisionScaling, now: float, state: PAState = PAState.ACTIVATING) -> None:
+        """A new revision starts activating; one adopted at zero pods (a restart) starts inactive."""
         self._scaling = scaling
-        self._state = PAState.ACTIVATING
+        self._state = state
         self._state_since = now
         self._initialized = False  # the revision reached its initial scale once
         self._proxy_since: float | None = now  # a new revision starts behind the activator
