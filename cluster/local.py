@@ -30,7 +30,7 @@ from serving.types import Endpoint, RevisionKey
 from .local_pod import LocalPod, PodFailure, PodPorts, PodSettings, PodState
 from .local_process import PortAllocator
 
-__all__ = ["LocalRuntime", "PodFailure", "PodSettings", "UnknownRevisionError"]
+__all__ = ["LocalPod", "LocalRuntime", "PodFailure", "PodSettings", "PodState", "UnknownRevisionError"]
 
 log = logging.getLogger("zeroscale.local")
 
@@ -149,6 +149,11 @@ class LocalRuntime:
                 rp.subscribers.remove(callback)
 
         return unsubscribe
+
+    def pods(self, revision: RevisionKey) -> list[LocalPod]:
+        """The revision's pods now (starting, ready, unready or terminating), oldest first."""
+        rp = self._revisions.get(revision)
+        return sorted(rp.pods.values(), key=lambda p: p.created_at) if rp is not None else []
 
     def failures(self, revision: RevisionKey) -> list[PodFailure]:
         rp = self._revisions.get(revision)

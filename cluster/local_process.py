@@ -48,6 +48,7 @@ class ChildProcess:
         self._reaper: asyncio.Task[None] | None = None
         self._exited = asyncio.Event()
         self.returncode: int | None = None
+        self.exited_at: float | None = None  # loop time of the exit
         self.start_error: str | None = None
 
     @property
@@ -87,6 +88,7 @@ class ChildProcess:
     async def _reap(self) -> None:
         assert self._proc is not None
         self.returncode = await self._proc.wait()
+        self.exited_at = asyncio.get_running_loop().time()
         self._exited.set()
 
     async def _read(self) -> None:
