@@ -38,13 +38,18 @@ CLIENT_HEADER = "X-Fake-Client"
 
 @dataclass
 class Fault:
-    """Answer matching requests with ``status`` (after ``delay`` s), ``count`` times (None: until removed)."""
+    """Answer matching requests with ``status`` (after ``delay`` s), ``count`` times (None: until removed).
+
+    ``status=0`` answers nothing itself: the request waits (``delay``, then ``gate`` when given) and is
+    then served normally, to order concurrent requests deterministically.
+    """
 
     match: Callable[[web.Request], bool]
     status: int = 500
     count: int | None = 1
     delay: float = 0.0
     retry_after: str | None = None
+    gate: asyncio.Event | None = None
     hits: int = 0
 
 
@@ -221,6 +226,10 @@ class FakeApiServer:
                     fault.hits += 1
                     if fault.delay:
                         await asyncio.sleep(fault.delay)  # simulates a slow or partitioned server
+                    if fault.gate is not None:
+                        await fault.gate.wait()
+                    if fault.status == 0:
+                        break
                     resp = _status(fault.status, "Injected", f"injected fault {fault.status}")
                     if fault.retry_after is not None:
                         resp.headers["Retry-After"] = fault.retry_after
