@@ -300,9 +300,11 @@ class LocalPod:
         try:
             await asyncio.wait({probe, woken}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            woken.cancel()
-            if not probe.done():
-                probe.cancel()
+            for task in (woken, probe):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         if self._wake.is_set() or probe.cancelled():
             return None
         return probe.result()
