@@ -1,0 +1,425 @@
+"""HTTP/2 cleartext (h2c) server on asyncio, with the same handlers as the HTTP/1.1 engine.
+
+Each stream is one handler task given an H2Request/H2Responder (serving.h2_stream), cancelled when the
+peer resets the stream or the connection is lost, so a breaker slot or a proxied call is given up at
+once. serve_h2() listens for prior-knowledge h2c only; serve_auto() serves HTTP/1.1, h2c with prior
+knowledge and the ``Upgrade: h2c`` switch on one port, as Knative's servers do.
+
+Abuse is answered as RFC 9113 says and costs only the offending connection: oversized frames
+(FRAME_SIZE_ERROR), bad stream ids and other protocol violations (PROTOCOL_ERROR, from h2), header
+blocks past the limit and floods of SETTINGS/PING/RST_STREAM/PRIORITY/empty frames (ENHANCE_YOUR_CALM,
+serving.h2_guard), streams past SETTINGS_MAX_CONCURRENT_STREAMS (h2's GOAWAY; our SETTINGS said 100).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, fields
+
+import h2.events
+import h2.settings
+
+from .h2_conn import H2Base
+from .h2_guard import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, GoAway, goaway_frame
+from .h2_stream import H2Request, H2Responder
+from .h2_upgrade import H1, H2, UPGRADE, UpgradeRequest, sniff
+from .httpserver import Handler, Headers, HttpProtocol, HttpServer, ServerLimits
+
+__all__ = ["AutoServer", "H2Limits", "H2Server", "H2ServerProtocol", "serve_auto", "serve_h2"]
+
+log = logging.getLogger("zeroscale.h2")
+
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class H2Limits:
+    max_concurrent_streams: int = 100
+    max_header_list_size: int = 65536
+    max_frame_size: int = 16384  # the RFC's default; we never ask peers for larger frames
+    stream_window: int = 262144  # a stream's receive window: at most this much of a body waits unread
+    connection_window: int = 1048576
+    control_frames_per_second: float = 100.0
+    control_frame_burst: int = 500
+    idle_timeout: float = 75.0  # a connection without streams is closed (GOAWAY) after this long
+    max_write_buffer: int = 4194304  # unsent output past this means the peer does not read: abort
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value <= 0:
+                raise ValueError(f"H2Limits.{f.name}: expected a positive number, got {value!r}")
+        if not 16384 <= self.max_frame_size <= 16777215:
+            raise ValueError(f"H2Limits.max_frame_size: expected 16384..16777215, got {self.max_frame_size}")
+        for name in ("stream_window", "connection_window"):
+            if getattr(self, name) > 2**31 - 1:
+                raise ValueError(f"H2Limits.{name}: expected at most 2147483647, got {getattr(self, name)}")
+
+    def settings(self) -> dict[int, int]:
+        s = h2.settings.SettingCodes
+        return {
+            s.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+            s.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
+            s.MAX_FRAME_SIZE: self.max_frame_size,
+            s.INITIAL_WINDOW_SIZE: self.stream_window,
+        }
+
+
+class _Stream:
+    __slots__ = ("req", "reset", "resp", "task")
+
+    def __init__(self, req: H2Request, resp: H2Responder) -> None:
+        self.req = req
+        self.resp = resp
+        self.task: asyncio.Task[None] | None = None
+        self.reset = False  # the peer reset it, or the connection is gone
+
+
+class H2ServerProtocol(H2Base):
+    def __init__(self, server: H2Server, upgrade: UpgradeRequest | None = None) -> None:
+        lim = server.limits
+        super().__init__(
+            server.loop,
+            client_side=False,
+            settings=lim.settings(),
+            connection_window=lim.connection_window,
+            control_rate=lim.control_frames_per_second,
+            control_burst=lim.control_frame_burst,
+            max_write_buffer=lim.max_write_buffer,
+        )
+        self.server = server
+        self.streams: dict[int, _Stream] = {}
+        self._upgrade = upgrade
+        self._goaway_last: int | None = None  # set once we said GOAWAY: streams above it are refused
+        self._peer_goaway = False
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.connections.add(self)
+        up = self._upgrade
+        if up is None:
+            self.start_h2()
+            self._arm_idle()
+            return
+        assert self.transport is not None
+        self.transport.write(_SWITCHING)
+        self.start_h2(up.settings, upgrade=True)
+        self._open(1, up.method, up.target, up.headers, ended=True)
+
+    # -- events ----------------------------------------------------------------------------------
+    def on_event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.DataReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None and not st.reset:
+                st.req._on_data(ev.data or b"", ev.flow_controlled_length or 0)
+            else:
+                self.ack(
+                    ev.stream_id, ev.flow_controlled_length or 0
+                )  # nobody reads it: keep the window open
+        elif isinstance(ev, h2.events.RequestReceived):
+            self._on_request(ev)
+        elif isinstance(ev, h2.events.StreamEnded):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.req._finish()
+        elif isinstance(ev, h2.events.TrailersReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.req.trailers = [(bytes(n), bytes(v)) for n, v in ev.headers or ()]
+        elif isinstance(ev, h2.events.StreamReset):
+            self._stream_gone(ev.stream_id, "stream reset by the client")
+        elif isinstance(ev, h2.events.WindowUpdated):
+            self.wake_window(ev.stream_id or 0)
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            self.wake_window(0)
+
+    def _stream_gone(self, sid: int, why: str) -> None:
+        st = self.streams.get(sid)
+        if st is None:
+            return
+        st.reset = True
+        st.req._finish(ConnectionResetError(why))
+        self.ack(sid, st.req._discard())
+        self.wake_window(sid)
+        if st.task is not None and not st.task.done():
+            st.task.cancel()
+
+    def on_goaway(self, g: GoAway) -> None:
+        # The client opens no more streams; those it started run to their end (RFC 9113 6.8).
+        self._peer_goaway = True
+        if not self.streams:
+            self._linger()
+
+    def on_failed(self) -> None:
+        for sid in list(self.streams):
+            self._stream_gone(sid, "connection failed")
+
+    def on_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        for sid in list(self.streams):
+            self._stream_gone(sid, "client closed the connection")
+
+    # -- streams ---------------------------------------------------------------------------------
+    def _on_request(self, ev: h2.events.RequestReceived) -> None:
+        sid = ev.stream_id or 0
+        if self._goaway_last is not None and sid > self._goaway_last:
+            self.reset(sid, REFUSED_STREAM)
+            return
+        pseudo: dict[bytes, bytes] = {}
+        regular: list[tuple[bytes, bytes]] = []
+        for name, value in ev.headers or ():
+            n, v = bytes(name), bytes(value)
+            if n.startswith(b":"):
+                pseudo[n] = v
+            else:
+                regular.append((n, v))
+        method = pseudo.get(b":method", b"GET")
+        authority = pseudo.get(b":authority")
+        if authority is not None:
+            regular = [(b"host", authority)] + [(n, v) for n, v in regular if n != b"host"]
+        if method == b"CONNECT":
+            self._quick(sid, 405, b"CONNECT is not supported", ended=ev.stream_ended is not None)
+            return
+        self._open(sid, method, pseudo.get(b":path", b"/"), regular, ended=ev.stream_ended is not None)
+
+    def _open(
+        self, sid: int, method: bytes, target: bytes, fields_: list[tuple[bytes, bytes]], *, ended: bool
+    ) -> None:
+        headers = Headers(fields_)
+        cl = headers.get(b"content-length")
+        length = int(cl) if cl is not None and cl.isdigit() else None
+        req = H2Request(self, sid, method, target, headers, has_body=not ended, content_length=length)
+        st = _Stream(req, H2Responder(self, sid, method))
+        self.streams[sid] = st
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self.server._started()
+        st.task = self.loop.create_task(self._run(sid, st))
+
+    def _quick(self, sid: int, status: int, body: bytes, *, ended: bool) -> None:
+        fields_ = [(b":status", b"%d" % status), (b"content-type", b"text/plain; charset=utf-8")]
+        fits = self.h2.local_flow_control_window(sid) >= len(body)
+        fields_.append((b"content-length", b"%d" % (len(body) if fits else 0)))
+        self.h2.send_headers(sid, fields_, end_stream=not fits)
+        if fits:
+            self.h2.send_data(sid, body, end_stream=True)
+        if not ended:
+            self.h2.reset_stream(sid, NO_ERROR)
+
+    async def _run(self, sid: int, st: _Stream) -> None:
+        req, resp = st.req, st.resp
+        try:
+            await self.server.handler(req, resp)
+            if not resp.ended and not st.reset:
+                await resp.end()
+        except asyncio.CancelledError:
+            if not st.reset:
+                self.reset(sid, CANCEL)
+        except (ConnectionError, OSError):
+            self.reset(sid, CANCEL)
+        except Exception:
+            log.exception("handler failed for %s %s", req.method.decode(), req.target[:200].decode("latin-1"))
+            if not resp.started and not st.reset:
+                with contextlib.suppress(Exception):
+                    await resp.send(500, b"internal error")
+            else:
+                self.reset(sid, INTERNAL_ERROR)
+        finally:
+            self.server._finished()
+            self.streams.pop(sid, None)
+            self.ack(sid, req._discard())
+            if not st.reset and not req._done and resp.ended:
+                # A complete answer to a request whose body is still coming: RFC 9113 8.1 says
+                # RST_STREAM(NO_ERROR) asks the client to stop sending it.
+                self.reset(sid, NO_ERROR)
+            self.flush()
+            if not self.streams:
+                if self._goaway_last is not None or self._peer_goaway:
+                    self._linger()
+                else:
+                    self._arm_idle()
+
+    # -- graceful end ----------------------------------------------------------------------------
+    def _arm_idle(self) -> None:
+        if self._idle is None and not self.closed:
+            self._idle = self.loop.call_later(self.server.limits.idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle = None
+        if not self.streams:
+            self.goaway()
+
+    def goaway(self) -> None:
+        """Graceful GOAWAY(NO_ERROR): streams opened so far finish, later ones are refused."""
+        if self._goaway_last is not None or self.closed or self.failed:
+            return
+        self._goaway_last = self.h2.highest_inbound_stream_id
+        self.flush()
+        if self.transport is not None:
+            # Written by hand: h2 refuses to send anything on any stream once it has sent a GOAWAY.
+            self.transport.write(goaway_frame(self._goaway_last, NO_ERROR))
+        if not self.streams:
+            self._linger()
+
+
+class H2Server:
+    """Connections and running streams of an h2c listener (serve_h2) or of serve_auto's h2c side."""
+
+    def __init__(self, handler: Handler, limits: H2Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.loop = loop
+        self.connections: set[H2ServerProtocol] = set()
+        self.active = 0  # streams whose handler runs now
+        self.stopping = False
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _started(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def _finished(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def shutdown(self, timeout: float) -> None:
+        """GOAWAY to every connection, wait for running streams up to timeout, then close everything."""
+        self.stopping = True
+        self.stop_accepting()
+        for conn in list(self.connections):
+            conn.goaway()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        for conn in list(self.connections):
+            conn.abort()
+
+
+async def serve_h2(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    limits: H2Limits | None = None,
+    backlog: int = 1024,
+    reuse_port: bool = False,
+) -> H2Server:
+    """Listen for h2c with prior knowledge only."""
+    loop = asyncio.get_running_loop()
+    srv = H2Server(handler, limits or H2Limits(), loop)
+    server = await loop.create_server(
+        lambda: H2ServerProtocol(srv),
+        host,
+        port,
+        backlog=backlog,
+        reuse_address=True,
+        reuse_port=reuse_port or None,
+    )
+    srv._server = server
+    sockets = server.sockets or ()
+    srv.port = int(sockets[0].getsockname()[1]) if sockets else port
+    return srv
+
+
+class _Sniffer(asyncio.Protocol):
+    """A new connection's first bytes decide its protocol; then the transport is handed over."""
+
+    def __init__(self, auto: AutoServer) -> None:
+        self.auto = auto
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.timer = self.auto.loop.call_later(self.auto.http.limits.header_timeout, transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        lim = self.auto.http.limits
+        got = sniff(self.buf, lim.max_request_line + lim.max_header_bytes + 4)
+        proto: asyncio.Protocol
+        if got.kind == H2:
+            proto = H2ServerProtocol(self.auto.h2)
+        elif got.kind == UPGRADE:
+            proto = H2ServerProtocol(self.auto.h2, got.upgrade)
+        elif got.kind == H1:
+            proto = HttpProtocol(self.auto.http)
+        else:
+            return
+        self.buf = b""
+        if self.timer is not None:
+            self.timer.cancel()
+        t = self.transport
+        assert t is not None
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        if got.data:
+            proto.data_received(got.data)
+
+
+class AutoServer:
+    """One port, three ways in: HTTP/1.1, h2c with prior knowledge, HTTP/1.1 Upgrade to h2c."""
+
+    def __init__(self, http: HttpServer, h2srv: H2Server, loop: asyncio.AbstractEventLoop) -> None:
+        self.http = http
+        self.h2 = h2srv
+        self.loop = loop
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def active(self) -> int:
+        return self.http.active + self.h2.active
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def shutdown(self, timeout: float) -> None:
+        self.stop_accepting()
+        await asyncio.gather(self.http.shutdown(timeout), self.h2.shutdown(timeout))
+
+
+async def serve_auto(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    limits: ServerLimits | None = None,
+    h2_limits: H2Limits | None = None,
+    backlog: int = 1024,
+    reuse_port: bool = False,
+) -> AutoServer:
+    """serve() of serving.httpserver, plus h2c on the same port for the same handler."""
+    loop = asyncio.get_running_loop()
+    auto = AutoServer(
+        HttpServer(handler, limits or ServerLimits(), loop),
+        H2Server(handler, h2_limits or H2Limits(), loop),
+        loop,
+    )
+    server = await loop.create_server(
+        lambda: _Sniffer(auto), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None
+    )
+    auto._server = server
+    sockets = server.sockets or ()
+    auto.port = auto.http.port = auto.h2.port = int(sockets[0].getsockname()[1]) if sockets else port
+    return auto
