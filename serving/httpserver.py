@@ -235,11 +235,13 @@ class Responder:
         self.started = True
         self.status = status
         req = self._request
-        has_cl = False
+        has_cl = has_date = False
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
         for name, value in headers:
             if name == b"content-length":
                 has_cl = True
+            elif name == b"date":
+                has_date = True
             lines.append(b"%s: %s\r\n" % (name, value))
         if status == 101:
             self._no_body = True
@@ -258,7 +260,8 @@ class Responder:
                 lines.append(b"connection: close\r\n")
             elif req.version == b"1.0":
                 lines.append(b"connection: keep-alive\r\n")
-            lines.append(b"date: %s\r\n" % _http_date())
+            if not has_date:
+                lines.append(b"date: %s\r\n" % _http_date())
         lines.append(b"\r\n")
         head = b"".join(lines)
         self.last_write = time.monotonic()

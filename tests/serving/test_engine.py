@@ -131,6 +131,8 @@ async def test_get_keep_alive_and_headers(env: Env) -> None:
         ) as r:
             got = await r.json()
     assert got["x-via-engine"] == "1"
+    async with aiohttp.ClientSession() as s, s.get(env.url + "/") as r:
+        assert len(r.headers.getall("Date")) == 1  # the upstream's Date is relayed, not doubled
     assert "x-drop" not in got  # named in Connection: hop-by-hop
     assert env.upstream.idle >= 1  # upstream connections are pooled
 
@@ -201,7 +203,9 @@ async def test_client_disconnect_cancels_the_handler(env: Env) -> None:
 async def test_pipelined_requests_answered_in_order(env: Env) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", env.server.port)
     writer.write(
-        b"GET /?a HTTP/1.1\r\nHost: x\r\n\r\nGET /local HTTP/1.1\r\nHost: x\r\n\r\nGET /?c HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /?a HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /local HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /?c HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     await writer.drain()
     data = b""
