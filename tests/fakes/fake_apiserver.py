@@ -242,7 +242,8 @@ class FakeApiServer:
             status = out.status
             return out
         finally:
-            self._log(request, status)
+            if not request.get("logged"):
+                self._log(request, status)
 
     def _log(self, request: web.Request, status: int) -> None:
         mi = request.match_info
@@ -399,6 +400,8 @@ class FakeApiServer:
             return _status(410, "Expired", f"too old resource version: {rv_param} ({self.store.oldest_rv})")
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
+        self._log(request, 200)  # now, not when the stream ends: tests look while it is open
+        request["logged"] = True
         kind = KINDS[resource][2]
 
         async def send(etype: str, obj: Obj) -> None:
