@@ -44,6 +44,7 @@ from serving.stats import RequestStats
 from serving.upstream import Upstream, UpstreamError, forward
 
 from .rewrite import upstream_headers
+from .timeouts import Sweeper, Timeouts
 
 __all__ = ["Forward", "QueueHandler", "Timeouts"]
 
@@ -69,69 +70,6 @@ class RequestMetrics(Protocol):
     def queue_depth(self, depth: int) -> None: ...
 
 
-class Timeouts:
-    __slots__ = ("idle", "response_start", "total")
-
-    def __init__(self, total: float = 300.0, response_start: float = 0.0, idle: float = 0.0) -> None:
-        self.total = total  # 0 = none
-        self.response_start = response_start
-        self.idle = idle
-
-    @property
-    def any(self) -> bool:
-        return bool(self.total or self.response_start or self.idle)
-
-
-class _Watchdog:
-    """Knative's three per-request timers as one re-armed loop timer that cancels the handler task.
-
-    It re-checks at each expiry, so the response-start and idle limits can look at what the
-    response has done meanwhile instead of being decided when the timer was set.
-    """
-
-    __slots__ = ("fired", "handle", "loop", "resp", "start", "task", "timeouts")
-
-    def __init__(self, timeouts: Timeouts, resp: Responder, start: float) -> None:
-        self.timeouts = timeouts
-        self.resp = resp
-        self.start = start
-        self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
-        self.fired = False
-        self.handle: asyncio.TimerHandle | None = None
-        self._arm(time.monotonic())
-
-    def _arm(self, now: float) -> None:
-        t = self.timeouts
-        resp = self.resp
-        deadline = self.start + t.total if t.total else float("inf")
-        if t.response_start and not resp.started:
-            deadline = min(deadline, self.start + t.response_start)
-        if t.idle and resp.status != 101:
-            deadline = min(deadline, resp.last_write + t.idle)
-        if deadline != float("inf"):
-            self.handle = self.loop.call_later(max(0.0, deadline - now), self._check)
-
-    def _check(self) -> None:
-        now = time.monotonic()
-        t = self.timeouts
-        resp = self.resp
-        expired = (
-            (t.total and now >= self.start + t.total)
-            or (t.response_start and not resp.started and now >= self.start + t.response_start)
-            or (t.idle and resp.status != 101 and now >= resp.last_write + t.idle)
-        )
-        if expired and self.task is not None:
-            self.fired = True
-            self.task.cancel()
-        else:
-            self._arm(now)
-
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-
-
 class QueueHandler:
     __slots__ = (
         "_breaker",
@@ -140,7 +78,7 @@ class QueueHandler:
         "_metrics",
         "_readiness",
         "_stats",
-        "_timeouts",
+        "_sweeper",
         "_upstream",
     )
 
@@ -162,7 +100,8 @@ class QueueHandler:
         self._readiness = readiness
         self._breaker = breaker
         self._metrics = metrics
-        self._timeouts = timeouts or Timeouts()
+        timeouts = timeouts or Timeouts()
+        self._sweeper = Sweeper(timeouts) if timeouts.any else None
         self._forward = forward_fn
 
     async def __call__(self, req: Request, resp: Responder) -> None:
@@ -176,7 +115,7 @@ class QueueHandler:
             if self._drain.draining:
                 await resp.send(503, b"shutting down")
                 return
-            await self._guarded(req, resp, gated=False)  # no breaker, no stats, no drain bookkeeping
+            await self._serve(req, resp, time.monotonic(), None)  # no breaker, stats or drain bookkeeping
             return
 
         proxied = headers.get(K_PROXY_REQUEST) == b"activator"
@@ -185,7 +124,7 @@ class QueueHandler:
         self._drain.request_started()
         stats.request_in(start, proxied)
         try:
-            status = await self._guarded(req, resp, gated=True, start=start)
+            status = await self._serve(req, resp, start, self._breaker)
         finally:
             end = time.monotonic()
             stats.request_out(end, proxied)
@@ -193,45 +132,39 @@ class QueueHandler:
         if status and self._metrics is not None:
             self._metrics.observe(status, end - start)
 
-    async def _guarded(
-        self, req: Request, resp: Responder, *, gated: bool, start: float | None = None
-    ) -> int:
-        """Run the gate and forward under the timeouts; return the status sent (0 if none counted)."""
-        timeouts = self._timeouts
-        if not timeouts.any:
-            return await self._gate_and_forward(req, resp, gated)
-        dog = _Watchdog(timeouts, resp, time.monotonic() if start is None else start)
+    async def _serve(self, req: Request, resp: Responder, start: float, breaker: Breaker | None) -> int:
+        """Breaker gate and forward under the timeouts; the status to record (0: none, a refusal)."""
+        sweeper = self._sweeper
+        entry = sweeper.track(resp, start) if sweeper is not None else None
+        acquired = False
         try:
-            return await self._gate_and_forward(req, resp, gated)
+            if breaker is not None:
+                if self._metrics is not None:
+                    self._metrics.queue_depth(breaker.in_flight)
+                if not breaker.try_acquire():
+                    try:
+                        await breaker.acquire()
+                    except QueueFullError as e:
+                        await resp.send(503, str(e))
+                        return 0  # Knative records app metrics only for requests past the breaker
+                acquired = True
+            return await self._proxy(req, resp)
         except asyncio.CancelledError:
-            task = dog.task
-            # Only our own cancel: the engine's (client gone) must go on propagating.
-            if not dog.fired or task is None or task.cancelling() > 1:
+            task = entry.task if entry is not None else None
+            # Only the sweeper's own cancel becomes a 504; the engine's (client gone) propagates.
+            if entry is None or not entry.fired or task is None or task.cancelling() > 1:
                 raise
             task.uncancel()
         finally:
-            dog.stop()
+            if acquired and breaker is not None:
+                breaker.release()
+            if entry is not None and sweeper is not None:
+                sweeper.untrack(entry)
         if not resp.started:
             await resp.send(504, _TIMEOUT_BODY)
         else:
-            resp.abort()
+            resp.abort()  # a half-sent response must not look complete
         return 504
-
-    async def _gate_and_forward(self, req: Request, resp: Responder, gated: bool) -> int:
-        breaker = self._breaker if gated else None
-        if breaker is None:
-            return await self._proxy(req, resp)
-        if self._metrics is not None:
-            self._metrics.queue_depth(breaker.in_flight)
-        try:
-            await breaker.acquire()
-        except QueueFullError as e:
-            await resp.send(503, str(e))
-            return 0  # Knative records app metrics only for requests that got past the breaker
-        try:
-            return await self._proxy(req, resp)
-        finally:
-            breaker.release()
 
     async def _proxy(self, req: Request, resp: Responder) -> int:
         try:

@@ -223,12 +223,8 @@ async def test_user_metrics_count_by_response_code(qp: QP, client: httpx.AsyncCl
     assert 'le="0.005"' in text and 'le="7.5"' in text
 
 
-@pytest.mark.xfail(
-    reason="engine: Responder.start() appends its own Date even when the relayed upstream head has one, "
-    "so forward() sends two Date fields (RFC 9110 5.3: Date is a singleton field)",
-    strict=False,
-)
 async def test_one_date_header(qp: QP) -> None:
+    """Date is a singleton field (RFC 9110 5.3): the upstream's is relayed, no second one added."""
     answer = await _raw(qp.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     assert head.count(b"\r\ndate:") == 1, head
