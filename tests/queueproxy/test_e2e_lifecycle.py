@@ -117,6 +117,27 @@ async def test_open_websocket_counts_in_flight_and_holds_the_drain(
         assert await wait_exit(qp) == 0
 
 
+async def test_drain_is_capped_by_the_revision_timeout(app: UserApp, client: httpx.AsyncClient) -> None:
+    """Steady traffic keeps restarting the quiet period; the revision timeout still ends the drain."""
+    with queue_proxy(app.port, QUEUE_DRAIN_QUIET_PERIOD_SECONDS="1", REVISION_TIMEOUT_SECONDS="2") as qp:
+        assert await status_of(client, qp.url("/")) == 200
+        qp.terminate()
+        t0 = time.monotonic()
+        served = 0
+        while qp.proc.proc.poll() is None:
+            assert time.monotonic() - t0 < 15, "the drain never ended"
+            try:
+                r = await client.get(qp.url("/"), timeout=2)
+                served += r.status_code == 200
+            except httpx.HTTPError:
+                pass  # the listener closed under us: the drain has ended
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - t0
+        assert qp.proc.proc.returncode == 0
+        assert 1.9 <= took < 6, took
+        assert served >= 5, "requests during the drain are served"
+
+
 async def test_wait_for_drain_without_sigterm_is_called_off(app: UserApp, client: httpx.AsyncClient) -> None:
     with queue_proxy(app.port, QUEUE_DRAIN_QUIET_PERIOD_SECONDS="30") as qp:
         t0 = time.monotonic()
