@@ -28,6 +28,27 @@ class StreamGone(ConnectionResetError):
     """The stream was reset, or its connection closed, while we were writing to it."""
 
 
+class _LocalSettings(h2.settings.Settings):
+    """Our SETTINGS as sent, except that h2's own check of concurrent inbound streams uses ``hard_limit``.
+
+    h2 answers a stream past SETTINGS_MAX_CONCURRENT_STREAMS by ending the whole connection, while
+    RFC 9113 5.1.2 asks for a stream error; the server refuses such streams itself (REFUSED_STREAM) and
+    leaves h2's connection error for peers that go far past it.
+    """
+
+    def __init__(self, client: bool, values: dict[int, int], hard_limit: int) -> None:
+        super().__init__(client=client, initial_values=values)  # type: ignore[arg-type]
+        self.hard_limit = hard_limit
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return self.hard_limit
+
+    @max_concurrent_streams.setter
+    def max_concurrent_streams(self, value: int) -> None:
+        self[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = value
+
+
 class H2Base(asyncio.Protocol):
     """An h2 connection on an asyncio transport. Subclasses handle events and GOAWAYs."""
 
@@ -45,7 +66,8 @@ class H2Base(asyncio.Protocol):
         self.loop = loop
         cfg = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
         conn = h2.connection.H2Connection(cfg)
-        conn.local_settings = h2.settings.Settings(client=client_side, initial_values=settings)  # type: ignore[arg-type]
+        max_streams = settings.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS, 100)
+        conn.local_settings = _LocalSettings(client_side, settings, 2 * max_streams)
         max_frame = settings.get(h2.settings.SettingCodes.MAX_FRAME_SIZE, 16384)
         max_headers = settings.get(h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE, 65536)
         conn.max_inbound_frame_size = max_frame

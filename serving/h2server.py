@@ -102,12 +102,14 @@ class H2ServerProtocol(H2Base):
         up = self._upgrade
         if up is None:
             self.start_h2()
+        else:
+            assert self.transport is not None
+            self.transport.write(_SWITCHING)
+            self.start_h2(up.settings, upgrade=True)
+        if up is None:
             self._arm_idle()
-            return
-        assert self.transport is not None
-        self.transport.write(_SWITCHING)
-        self.start_h2(up.settings, upgrade=True)
-        self._open(1, up.method, up.target, up.headers, ended=True)
+        else:
+            self._open(1, up.method, up.target, up.headers, ended=True)
 
     # -- events ----------------------------------------------------------------------------------
     def on_event(self, ev: h2.events.Event) -> None:
@@ -167,7 +169,11 @@ class H2ServerProtocol(H2Base):
     # -- streams ---------------------------------------------------------------------------------
     def _on_request(self, ev: h2.events.RequestReceived) -> None:
         sid = ev.stream_id or 0
-        if self._goaway_last is not None and sid > self._goaway_last:
+        if (self._goaway_last is not None and sid > self._goaway_last) or len(
+            self.streams
+        ) >= self.server.limits.max_concurrent_streams:
+            # Running handlers count, not h2's open streams: a stream the client reset stays counted
+            # until its handler has stopped (so "rapid reset" cannot start unbounded work).
             self.reset(sid, REFUSED_STREAM)
             return
         pseudo: dict[bytes, bytes] = {}
