@@ -107,6 +107,7 @@ class FakeApiServer:
         self._watchers: set[_Watcher] = set()
         self._held = False
         self._pending: list[Event] = []
+        self._streaming: set[int] = set()  # watch requests already logged when their stream opened
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -242,8 +243,9 @@ class FakeApiServer:
             status = out.status
             return out
         finally:
-            if not request.get("logged"):
+            if id(request) not in self._streaming:
                 self._log(request, status)
+            self._streaming.discard(id(request))
 
     def _log(self, request: web.Request, status: int) -> None:
         mi = request.match_info
@@ -401,7 +403,7 @@ class FakeApiServer:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
         self._log(request, 200)  # now, not when the stream ends: tests look while it is open
-        request["logged"] = True
+        self._streaming.add(id(request))
         kind = KINDS[resource][2]
 
         async def send(etype: str, obj: Obj) -> None:
