@@ -13,7 +13,8 @@ breaker, header rewrite, forward.
 4. Timeouts cover the breaker wait and the forward: the total timeout (``REVISION_TIMEOUT_SECONDS``),
    the response-start timeout (only until the first byte; a websocket's 101 is a first byte) and
    the idle timeout (since the last byte written to the client; not applied after a 101). One that
-   fires before the response started answers 504 ``request timeout``; after, the connection is cut,
+   fires before the response started answers 504 ``request timeout`` (with ``X-Zeroscale-Timeout``
+   naming which one ran out); after, the connection is cut,
    because a half-sent response must not look complete.
 5. With ``CONTAINER_CONCURRENCY`` = cc >= 1 the breaker admits cc at once and queues 10 x cc in order;
    beyond that, 503 ``pending request queue full`` at once. A client that goes away while queued
@@ -50,6 +51,7 @@ __all__ = ["Forward", "QueueHandler", "Timeouts"]
 
 _HEALTH_UAS = (KUBE_PROBE_UA, ACTIVATOR_PROBE_UA, AUTOSCALING_PROBE_UA)
 _TIMEOUT_BODY = b"request timeout"
+TIMEOUT_HEADER = b"x-zeroscale-timeout"  # total | response-start | idle
 
 Forward = Callable[[Request, Responder, Upstream, list[tuple[bytes, bytes]]], Awaitable[int]]
 
@@ -152,7 +154,7 @@ class QueueHandler:
         except asyncio.CancelledError:
             task = entry.task if entry is not None else None
             # Only the sweeper's own cancel becomes a 504; the engine's (client gone) propagates.
-            if entry is None or not entry.fired or task is None or task.cancelling() > 1:
+            if entry is None or entry.fired is None or task is None or task.cancelling() > 1:
                 raise
             task.uncancel()
         finally:
@@ -161,7 +163,8 @@ class QueueHandler:
             if entry is not None and sweeper is not None:
                 sweeper.untrack(entry)
         if not resp.started:
-            await resp.send(504, _TIMEOUT_BODY)
+            # Knative's body for all three; the header says which one ran out (users could not tell)
+            await resp.send(504, _TIMEOUT_BODY, headers=[(TIMEOUT_HEADER, entry.fired.encode())])
         else:
             resp.abort()  # a half-sent response must not look complete
         return 504

@@ -19,7 +19,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Sweeper", "Timeouts", "Tracked", "expired"]
+__all__ = ["Sweeper", "Timeouts", "Tracked", "expired", "which_expired"]
 
 
 class Progress(Protocol):
@@ -47,12 +47,19 @@ class Timeouts:
         return max(0.005, min(0.1, shortest / 10))
 
 
-def expired(t: Timeouts, start: float, resp: Progress, now: float) -> bool:
+def which_expired(t: Timeouts, start: float, resp: Progress, now: float) -> str | None:
+    """The timeout that has run out at ``now`` ("total", "response-start" or "idle"), or None."""
     if t.total and now - start >= t.total:
-        return True
+        return "total"
     if t.response_start and not resp.started and now - start >= t.response_start:
-        return True
-    return bool(t.idle and resp.status != 101 and now - resp.last_write >= t.idle)
+        return "response-start"
+    if t.idle and resp.status != 101 and now - resp.last_write >= t.idle:
+        return "idle"
+    return None
+
+
+def expired(t: Timeouts, start: float, resp: Progress, now: float) -> bool:
+    return which_expired(t, start, resp, now) is not None
 
 
 class Tracked:
@@ -62,7 +69,7 @@ class Tracked:
         self.task = task
         self.resp = resp
         self.start = start
-        self.fired = False
+        self.fired: str | None = None  # which timeout ran out
 
 
 class Sweeper:
@@ -87,14 +94,18 @@ class Sweeper:
     def sweep(self, now: float) -> int:
         """Cancel the task of every tracked request past a timeout; returns how many."""
         t = self.timeouts
-        fired = 0
-        for entry in [e for e in self._active if not e.fired and expired(t, e.start, e.resp, now)]:
-            entry.fired = True
+        hits = []
+        for entry in self._active:
+            if entry.fired is None:
+                kind = which_expired(t, entry.start, entry.resp, now)
+                if kind is not None:
+                    entry.fired = kind
+                    hits.append(entry)
+        for entry in hits:
             self._active.discard(entry)
             if entry.task is not None:
                 entry.task.cancel()
-            fired += 1
-        return fired
+        return len(hits)
 
     async def _run(self) -> None:
         try:

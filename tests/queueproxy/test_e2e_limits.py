@@ -108,6 +108,7 @@ async def test_total_timeout_is_504_request_timeout(app: UserApp, client: httpx.
         took = time.monotonic() - t0
         assert (r.status_code, r.text) == (504, "request timeout")
         assert 0.9 <= took < 3
+        assert r.headers["x-zeroscale-timeout"] == "total"
         # a response that started and runs past the total timeout is cut: it must not look complete
         with pytest.raises(httpx.HTTPError):
             async with client.stream("GET", qp.url("/sse?n=30&interval_ms=100")) as s:
@@ -129,6 +130,7 @@ async def test_response_start_and_idle_timeouts(app: UserApp, client: httpx.Asyn
         t0 = time.monotonic()
         r = await client.get(qp.url("/sleep?ms=3000"))
         assert (r.status_code, r.text) == (504, "request timeout")
+        assert r.headers["x-zeroscale-timeout"] == "response-start"
         assert time.monotonic() - t0 < 2
         # a stream that writes every 0.2 s for 1.6 s passes both
         async with client.stream("GET", qp.url("/sse?n=9&interval_ms=200")) as s:

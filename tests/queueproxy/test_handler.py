@@ -195,6 +195,7 @@ async def test_total_timeout_before_the_response_is_504() -> None:
     resp = FakeResponder()
     await asyncio.wait_for(h(FakeRequest(), resp), 5)  # type: ignore[arg-type]
     assert (resp.status, resp.body, resp.aborted) == (504, b"request timeout", False)
+    assert resp.headers == [(b"x-zeroscale-timeout", b"total")]
 
 
 async def test_timeout_after_the_response_started_cuts_the_connection() -> None:

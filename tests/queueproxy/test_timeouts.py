@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from queueproxy.timeouts import Sweeper, Timeouts, expired
+from queueproxy.timeouts import Sweeper, Timeouts, expired, which_expired
 
 
 @dataclass
@@ -18,25 +18,28 @@ class Resp:
 @pytest.mark.parametrize(
     ("timeouts", "resp", "now", "want"),
     [
-        pytest.param(Timeouts(10), Resp(), 9.9, False, id="total-not-yet"),
-        pytest.param(Timeouts(10), Resp(True, 200, 9.9), 10.0, True, id="total-even-while-writing"),
-        pytest.param(Timeouts(10), Resp(True, 101, 9.9), 10.0, True, id="total-cuts-websockets"),
-        pytest.param(Timeouts(0), Resp(), 1e6, False, id="all-off"),
-        pytest.param(Timeouts(10, response_start=2), Resp(), 2.0, True, id="start-fires-before-first-byte"),
+        pytest.param(Timeouts(10), Resp(), 9.9, None, id="total-not-yet"),
+        pytest.param(Timeouts(10), Resp(True, 200, 9.9), 10.0, "total", id="total-even-while-writing"),
+        pytest.param(Timeouts(10), Resp(True, 101, 9.9), 10.0, "total", id="total-cuts-websockets"),
+        pytest.param(Timeouts(0), Resp(), 1e6, None, id="all-off"),
         pytest.param(
-            Timeouts(10, response_start=2), Resp(True, 200, 1.0), 5.0, False, id="start-not-after-byte"
+            Timeouts(10, response_start=2), Resp(), 2.0, "response-start", id="start-fires-before-first-byte"
         ),
         pytest.param(
-            Timeouts(10, response_start=2), Resp(True, 101, 0.5), 5.0, False, id="start-not-after-101"
+            Timeouts(10, response_start=2), Resp(True, 200, 1.0), 5.0, None, id="start-not-after-byte"
         ),
-        pytest.param(Timeouts(10, idle=1), Resp(True, 200, 3.5), 4.4, False, id="idle-since-last-write"),
-        pytest.param(Timeouts(10, idle=1), Resp(True, 200, 3.5), 4.5, True, id="idle-fires"),
-        pytest.param(Timeouts(10, idle=1), Resp(False, None, 0.0), 1.0, True, id="idle-before-any-write"),
-        pytest.param(Timeouts(10, idle=1), Resp(True, 101, 0.0), 5.0, False, id="idle-not-on-websocket"),
+        pytest.param(
+            Timeouts(10, response_start=2), Resp(True, 101, 0.5), 5.0, None, id="start-not-after-101"
+        ),
+        pytest.param(Timeouts(10, idle=1), Resp(True, 200, 3.5), 4.4, None, id="idle-since-last-write"),
+        pytest.param(Timeouts(10, idle=1), Resp(True, 200, 3.5), 4.5, "idle", id="idle-fires"),
+        pytest.param(Timeouts(10, idle=1), Resp(False, None, 0.0), 1.0, "idle", id="idle-before-any-write"),
+        pytest.param(Timeouts(10, idle=1), Resp(True, 101, 0.0), 5.0, None, id="idle-not-on-websocket"),
     ],
 )
-def test_expired(timeouts: Timeouts, resp: Resp, now: float, want: bool) -> None:
-    assert expired(timeouts, 0.0, resp, now) is want
+def test_which_timeout_ran_out(timeouts: Timeouts, resp: Resp, now: float, want: str | None) -> None:
+    assert which_expired(timeouts, 0.0, resp, now) == want
+    assert expired(timeouts, 0.0, resp, now) is (want is not None)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +69,6 @@ async def test_sweep_cancels_only_expired_requests_once() -> None:
     assert sweeper.sweep(1.0) == 0  # fired once only
     await asyncio.sleep(0)
     assert tasks[0].cancelled() and not tasks[1].done()
-    assert entries[0].fired and not entries[1].fired
+    assert entries[0].fired == "response-start" and entries[1].fired is None
     sweeper.untrack(entries[1])
     tasks[1].cancel()
