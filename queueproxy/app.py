@@ -134,6 +134,7 @@ class QueueProxy:
             self._reporter_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reporter_task
+        await self.readiness.close()
         await self.upstream.close()
 
 

@@ -73,6 +73,14 @@ class Readiness:
             task.add_done_callback(self._clear)
         return await asyncio.shield(task)
 
+    async def close(self) -> None:
+        """Stop a probe still running (shutdown)."""
+        task = self._inflight
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     def _clear(self, task: asyncio.Task[bool]) -> None:
         if self._inflight is task:
             self._inflight = None

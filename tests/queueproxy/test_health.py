@@ -137,3 +137,20 @@ async def test_real_http_attempt(
     head = seen[-1].decode()
     assert head.startswith("GET /healthz HTTP/1.1\r\n")
     assert "User-Agent: kube-probe/" in head and "X-Probe: yes" in head
+
+
+async def test_close_stops_a_running_probe() -> None:
+    started = asyncio.Event()
+
+    async def attempt(spec: ProbeSpec, port: int, timeout: float) -> bool:
+        started.set()
+        await asyncio.Event().wait()
+        return True
+
+    r = Readiness([ProbeSpec("tcp")], 8080, attempt=attempt)
+    waiter = asyncio.ensure_future(r.check())
+    await started.wait()
+    await r.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert r._inflight is None
