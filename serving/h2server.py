@@ -312,7 +312,7 @@ class H2Server:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         for conn in list(self.connections):
-            conn.abort()
+            conn.close()  # after what is buffered has been sent
 
 
 async def serve_h2(

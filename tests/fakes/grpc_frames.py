@@ -122,8 +122,18 @@ async def h2_request(
     sid = conn.get_next_available_stream_id()
     fields = [(b":method", method), (b":path", path), (b":scheme", b"http"), (b":authority", b"test")]
     conn.send_headers(sid, fields + (headers or []), end_stream=not body)
-    if body:
-        conn.send_data(sid, body, end_stream=True)
+    pending = body
+
+    def push() -> None:  # the body, as the server's windows allow
+        nonlocal pending
+        while pending:
+            n = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, len(pending))
+            if n <= 0:
+                return
+            conn.send_data(sid, pending[:n], end_stream=n == len(pending))
+            pending = pending[n:]
+
+    push()
     writer.write(conn.data_to_send())
     status, hdrs, out, trailers = 0, [], b"", []
     try:
@@ -145,6 +155,7 @@ async def h2_request(
                         raise ConnectionResetError(f"stream reset: {ev.error_code!r}")
                     elif isinstance(ev, h2.events.StreamEnded):
                         return status, hdrs, out, trailers
+                push()
                 writer.write(conn.data_to_send())
     finally:
         writer.close()
