@@ -139,6 +139,7 @@ class QueueHandler:
         sweeper = self._sweeper
         entry = sweeper.track(resp, start) if sweeper is not None else None
         acquired = False
+        kind = b""
         try:
             if breaker is not None:
                 if self._metrics is not None:
@@ -157,6 +158,7 @@ class QueueHandler:
             if entry is None or entry.fired is None or task is None or task.cancelling() > 1:
                 raise
             task.uncancel()
+            kind = entry.fired.encode()
         finally:
             if acquired and breaker is not None:
                 breaker.release()
@@ -164,7 +166,7 @@ class QueueHandler:
                 sweeper.untrack(entry)
         if not resp.started:
             # Knative's body for all three; the header says which one ran out (users could not tell)
-            await resp.send(504, _TIMEOUT_BODY, headers=[(TIMEOUT_HEADER, entry.fired.encode())])
+            await resp.send(504, _TIMEOUT_BODY, headers=[(TIMEOUT_HEADER, kind)])
         else:
             resp.abort()  # a half-sent response must not look complete
         return 504
