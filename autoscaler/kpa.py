@@ -69,12 +69,23 @@ class RevisionScaler:
 
     __slots__ = ("_initialized", "_proxy_since", "_scaling", "_state", "_state_since")
 
-    def __init__(self, scaling: RevisionScaling, now: float, state: PAState = PAState.ACTIVATING) -> None:
-        """A new revision starts activating; one adopted at zero pods (a restart) starts inactive."""
+    def __init__(
+        self,
+        scaling: RevisionScaling,
+        now: float,
+        state: PAState = PAState.ACTIVATING,
+        *,
+        initialized: bool = False,
+    ) -> None:
+        """A new revision starts activating and not yet initialized (initial-scale is its floor).
+
+        After an autoscaler restart a running revision is adopted ``initialized`` (it reached its initial
+        scale long ago; Knative keeps that in the PA status), and ``INACTIVE`` when it has no pods.
+        """
         self._scaling = scaling
         self._state = state
         self._state_since = now
-        self._initialized = False  # the revision reached its initial scale once
+        self._initialized = initialized  # the revision reached its initial scale once
         self._proxy_since: float | None = now  # a new revision starts behind the activator
 
     @property

@@ -26,7 +26,7 @@ class AutoscalerMetrics:
         def g(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, _LABELS, registry=registry)
 
-        self.desired = g("autoscaler_desired_pods", "Pods the autoscaler wants for the revision")
+        self.desired = g("autoscaler_desired_pods", "Pods the decider wants for the revision")
         self.requested = g("autoscaler_requested_pods", "Pods the autoscaler last asked the scaler for")
         self.ready = g("autoscaler_actual_pods", "Ready pods of the revision")
         self.ebc = g("autoscaler_excess_burst_capacity", "Excess burst capacity (< 0: activator in path)")
@@ -42,7 +42,8 @@ class AutoscalerMetrics:
 
     def observe(self, d: Decision) -> None:
         labels = (d.revision.namespace, d.revision.name)
-        self.desired.labels(*labels).set(d.want)
+        if d.decided >= 0:
+            self.desired.labels(*labels).set(d.decided)  # the decider's number, as Knative records it
         if d.applied:
             self.requested.labels(*labels).set(d.want)
         if d.ready_pods is not None:

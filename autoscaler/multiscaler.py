@@ -248,7 +248,7 @@ class MultiScaler:
         if rev.decider is None:
             rev.decider = Decider(s.spec, ready, now)
             state = PAState.INACTIVE if (not rev.created and ready == 0) else PAState.ACTIVATING
-            rev.kpa = RevisionScaler(s, now, state=state)
+            rev.kpa = RevisionScaler(s, now, state=state, initialized=not rev.created)
             if rev.created:
                 await self._apply(key, rev, s.initial_scale)
         assert rev.kpa is not None

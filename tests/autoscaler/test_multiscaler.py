@@ -165,3 +165,25 @@ async def test_config_update_applies_to_running_revisions() -> None:
     await rig.run(70, 31.0)
     assert rig.replicas == 4
     assert rig.decisions[-1].target == pytest.approx(10.0)
+
+
+async def test_adopted_revision_below_initial_scale_is_not_scaled_up() -> None:
+    """initial-scale is a floor only for a new revision, not for one adopted after a restart."""
+    rig = Rig()
+    rig.cluster.replicas[REV] = rig.cluster.ready[REV] = 1
+    rig.ms.upsert(REV, {"autoscaling.knative.dev/initial-scale": "3"}, 0)
+    await rig.run(20, 10.0)
+    assert rig.replicas == 1
+
+
+async def test_new_revision_holds_initial_scale_until_reached() -> None:
+    rig = Rig(start_delay=5.0)
+    rig.ms.upsert(REV, {"autoscaling.knative.dev/initial-scale": "3"}, 0, created=True)
+    await rig.run(4, 0.0)
+    assert rig.cluster.calls[0] == (REV, 3) and rig.cluster.ready.get(REV, 0) == 0
+    # Not yet ready: the decider already says 0 (no load), but initial-scale is the floor until reached.
+    await rig.run(4, 0.0)
+    assert rig.cluster.calls == [(REV, 3)] and rig.cluster.ready[REV] == 3
+    # Reached once: from now on only the load counts, down at most by half per tick, then to zero.
+    await rig.run(90, 0.0)
+    assert [c for _, c in rig.cluster.calls] == [3, 1, 0]
