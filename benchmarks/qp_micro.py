@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -105,7 +106,10 @@ class _Client(asyncio.Protocol):
                 return
             head = self.buf[:end].lower()
             i = head.find(b"content-length:")
-            length = int(head[i + 15 : head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None]) if i >= 0 else 0
+            length = 0
+            if i >= 0:
+                eol = head.find(b"\r\n", i)
+                length = int(head[i + 15 : eol if eol > 0 else None])
             total = end + 4 + length
             if len(self.buf) < total:
                 return
@@ -120,6 +124,12 @@ class _Client(asyncio.Protocol):
             self.done.set_result(self.count)
 
 
+def _factory(
+    request: bytes, stop_at: float, budget: list[int], fut: asyncio.Future[int]
+) -> Callable[[], _Client]:
+    return lambda: _Client(request, stop_at, budget, fut)
+
+
 async def load(port: int, connections: int, duration: float, max_requests: int) -> tuple[int, float]:
     loop = asyncio.get_running_loop()
     request = b"GET /hello HTTP/1.1\r\nHost: bench\r\nUser-Agent: qp-micro\r\n\r\n"
@@ -129,7 +139,7 @@ async def load(port: int, connections: int, duration: float, max_requests: int) 
     futures = []
     for _ in range(connections):
         fut: asyncio.Future[int] = loop.create_future()
-        await loop.create_connection(lambda f=fut: _Client(request, stop_at, budget, f), "127.0.0.1", port)
+        await loop.create_connection(_factory(request, stop_at, budget, fut), "127.0.0.1", port)
         futures.append(fut)
     counts = await asyncio.wait_for(asyncio.gather(*futures), duration + 30)
     return sum(counts), time.monotonic() - t0
