@@ -159,3 +159,32 @@ def test_start_up_stops_on_a_malformed_value() -> None:
     assert out.returncode != 0
     assert "CONTAINER_CONCURRENCY='lots'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_start_up_stops_when_a_port_is_taken() -> None:
+    import socket
+
+    from tests.conftest import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "QUEUE_BIND_ADDRESS": "127.0.0.1",
+            "QUEUE_SERVING_PORT": str(free_port()),
+            "QUEUE_ADMIN_PORT": str(port),
+            "QUEUE_METRICS_PORT": str(free_port()),
+            "USER_METRICS_PORT": str(free_port()),
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "queueproxy"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode != 0
+    assert "cannot listen" in out.stderr and str(port) in out.stderr

@@ -228,3 +228,19 @@ async def test_one_date_header(qp: QP) -> None:
     answer = await _raw(qp.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     assert head.count(b"\r\ndate:") == 1, head
+
+
+async def test_head_and_http10(qp: QP) -> None:
+    answer = await _raw(qp.port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b""
+    reader, writer = await asyncio.open_connection("127.0.0.1", qp.port)
+    try:
+        writer.write(b"GET /sse?n=2&interval_ms=10 HTTP/1.0\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)  # to EOF: the stream ends with the connection
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"data: 0\n\ndata: 1\n\n"
