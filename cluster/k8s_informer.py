@@ -106,6 +106,7 @@ class Informer:
         self.gone = 0
         self.errors = 0
         self.delays: list[float] = []
+        self._delivered = False  # did the current watch deliver any event?
 
     @property
     def cache(self) -> Mapping[ObjKey, Obj]:
@@ -148,7 +149,7 @@ class Informer:
         """One watch request; returns whether any event (bookmarks included) arrived."""
         seconds = max(1, int(timeout))
         w = k8s_watch.Watch(return_type="object")
-        delivered = False
+        self._delivered = False
         self.watches += 1
         async with w:
             stream = w.stream(
@@ -171,7 +172,7 @@ class Informer:
                     if code == 410:
                         raise _Gone()
                     raise ApiException(status=code, reason=str(raw.get("message", "watch error")))
-                delivered = True
+                self._delivered = True
                 rv = str((raw.get("metadata") or {}).get("resourceVersion") or "")
                 if etype == "BOOKMARK":
                     if rv:
@@ -182,7 +183,7 @@ class Informer:
                     self.resource_version = rv
                 if change is not None:
                     self._emit([change])
-        return delivered
+        return self._delivered
 
     async def run(self) -> None:
         """List and watch until cancelled."""
@@ -202,6 +203,7 @@ class Informer:
                 if remaining < 1:  # too short for a watch: resync now instead of spinning
                     need_list = True
                     continue
+                self._delivered = False
                 if await self._watch_once(remaining):
                     self._backoff.reset()
                     gone_streak = 0
@@ -210,17 +212,13 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except _Gone:
-                self._note_gone()
-                need_list, gone_streak = True, gone_streak + 1
-                if gone_streak > 1:  # a server that expires every fresh version: do not spin
-                    await self._wait(self._backoff.next_delay())
+                gone_streak = await self._after_gone(gone_streak)
+                need_list = True
                 continue
             except ApiException as exc:
                 if exc.status == 410:
-                    self._note_gone()
-                    need_list, gone_streak = True, gone_streak + 1
-                    if gone_streak > 1:
-                        await self._wait(self._backoff.next_delay())
+                    gone_streak = await self._after_gone(gone_streak)
+                    need_list = True
                     continue
                 self.errors += 1
                 failures += 1
@@ -235,9 +233,17 @@ class Informer:
                 need_list = True
             await self._wait(delay)
 
-    def _note_gone(self) -> None:
+    async def _after_gone(self, streak: int) -> int:
+        """Count a 410; re-list at once, unless the last re-list's version expired before any event
+        arrived (a server that expires every fresh version): then back off instead of spinning."""
         self.gone += 1
         log.info("%s: resourceVersion %s expired (410), re-listing", self.name, self.resource_version)
+        if self._delivered:
+            self._backoff.reset()
+            return 1
+        if streak >= 1:
+            await self._wait(self._backoff.next_delay())
+        return streak + 1
 
     async def _wait(self, delay: float) -> None:
         self.delays.append(delay)

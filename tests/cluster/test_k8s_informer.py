@@ -179,3 +179,58 @@ async def test_three_failed_watches_in_a_row_relist(server: FakeApiServer, api: 
         server.expire_watches()  # end the current watch; the next three attempts fail
         await eventually(lambda: inf.lists >= 3 and server.open_watches == 1, what="relist")
     assert inf.errors == 3
+
+
+async def test_random_writes_with_random_410s_end_with_the_servers_state(
+    server: FakeApiServer, api: Any
+) -> None:
+    """300 random creates/updates/deletes; every ~25 the watch is held and expired mid-stream. Whatever
+    the interleaving, the cache ends equal to the server, and every object's last state was reported."""
+    rng = random.Random(20261123)
+    rec = Recorder()
+    inf = Informer(client.CoreV1Api(api).list_namespaced_config_map, NS, on_change=rec, rng=random.Random(3))
+    async with background(inf.run()):
+        await eventually(lambda: inf.synced.is_set(), what="sync")
+        for step in range(300):
+            name = f"cm{rng.randrange(12)}"
+            exists = ("configmaps", NS, name) in server.store.objects
+            if not exists:
+                server.store.create("configmaps", NS, configmap(name, {"step": str(step)}))
+            elif rng.random() < 0.25:
+                server.store.delete("configmaps", NS, name)
+            else:
+                server.store.update("configmaps", NS, configmap(name, {"step": str(step)}))
+            if step % 25 == 10:
+                server.hold_watches()
+            if step % 25 == 20:
+                gone = inf.gone
+                server.expire_watches()
+                await eventually(lambda g=gone: inf.gone > g and server.open_watches == 1, what="re-watch")
+            if step % 7 == 0:
+                await asyncio.sleep(0)  # let the stream interleave with the writes
+        await eventually(lambda: data_of(inf) == server_data(server), what="converged")
+    last: dict[str, dict[str, str] | None] = {}
+    for c in rec.changes:
+        last[c.key[1]] = None if c.new is None else c.new.get("data")
+    assert {k: v for k, v in last.items() if v is not None} == server_data(server)
+    assert inf.gone == 12
+    assert inf.delays == []  # each 410 came after events: re-listed at once, no back-off
+
+
+async def test_a_server_that_expires_every_fresh_version_is_not_hammered(
+    server: FakeApiServer, api: Any
+) -> None:
+    server.store.create("configmaps", NS, configmap("a", {}))
+    server.add_fault(Fault(lambda r: go_bool(r.query.get("watch")), status=410, count=4))
+    delays: list[float] = []
+    inf = Informer(
+        client.CoreV1Api(api).list_namespaced_config_map,
+        NS,
+        sleep=fast_sleep(delays),
+        backoff=Backoff(1.0, 60.0, random.Random(5)),
+    )
+    async with background(inf.run()):
+        await eventually(lambda: server.open_watches == 1, what="a watch finally open")
+    assert inf.gone == 4 and inf.lists == 5
+    # the first 410 re-lists at once; the next ones wait, longer each time
+    assert len(delays) == 3 and delays[0] < delays[1] < delays[2]
