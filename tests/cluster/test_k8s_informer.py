@@ -191,6 +191,7 @@ async def test_random_writes_with_random_410s_end_with_the_servers_state(
     inf = Informer(client.CoreV1Api(api).list_namespaced_config_map, NS, on_change=rec, rng=random.Random(3))
     async with background(inf.run()):
         await eventually(lambda: inf.synced.is_set(), what="sync")
+        expired: list[int] = []
         for step in range(300):
             name = f"cm{rng.randrange(12)}"
             exists = ("configmaps", NS, name) in server.store.objects
@@ -203,9 +204,9 @@ async def test_random_writes_with_random_410s_end_with_the_servers_state(
             if step % 25 == 10:
                 server.hold_watches()
             if step % 25 == 20:
-                gone = inf.gone
+                expired.append(inf.gone)
                 server.expire_watches()
-                await eventually(lambda g=gone: inf.gone > g and server.open_watches == 1, what="re-watch")
+                await eventually(lambda: inf.gone > expired[-1] and server.open_watches == 1, what="re-watch")
             if step % 7 == 0:
                 await asyncio.sleep(0)  # let the stream interleave with the writes
         await eventually(lambda: data_of(inf) == server_data(server), what="converged")
