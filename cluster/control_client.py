@@ -76,7 +76,9 @@ def main(argv: list[str]) -> int:
                         text = path.read_text()
                     except OSError as e:
                         return _fail(f"cannot read {name}: {e.strerror}")
-                    r = client.post("/v1/apply", params={"source": str(path)}, content=text.encode())
+                    # The absolute path: `up` runs the file's processes in its directory (same machine).
+                    source = str(path.resolve())
+                    r = client.post("/v1/apply", params={"source": source}, content=text.encode())
                     body = r.json()
                     if r.status_code != 200:
                         return _fail(f"{name}: {body.get('error', r.text)}")
