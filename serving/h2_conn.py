@@ -15,12 +15,15 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from .h2_guard import FrameScanner, GoAway, GuardError, TokenBucket, goaway_frame
+from .h2_guard import INTERNAL_ERROR, FrameScanner, GoAway, GuardError, TokenBucket, goaway_frame
 
 __all__ = ["H2Base", "StreamGone"]
 
 log = logging.getLogger("zeroscale.h2")
 
+_MAX_CHUNK = (
+    65536  # per DATA frame written before waiting for the socket, whatever frame size the peer allows
+)
 _LINGER = 1.0  # seconds a connection we refused stays half-open so that our GOAWAY reaches the peer
 
 
@@ -74,6 +77,10 @@ class H2Base(asyncio.Protocol):
         conn.decoder.max_header_list_size = max_headers
         self.h2 = conn
         self.connection_window = connection_window
+        self._conn_step = max(1, connection_window // 4)
+        self._conn_owed = 0
+        self._stream_step = max(1, settings.get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE, 65535) // 4)
+        self._stream_owed: dict[int, int] = {}
         self.scanner = FrameScanner(
             max_frame_size=max_frame,
             max_header_block=max_headers,
@@ -141,13 +148,8 @@ class H2Base(asyncio.Protocol):
     def flush(self) -> None:
         data = self.h2.data_to_send()
         t = self.transport
-        if not data or t is None or self.closed or self.failed:
-            return
-        t.write(data)
-        if t.get_write_buffer_size() > self.max_write_buffer:
-            # The peer makes us answer (PING, SETTINGS) but does not read: it gets nothing more.
-            log.info("h2 peer %s does not read its answers; closing", self.peer)
-            self.abort()
+        if data and t is not None and not self.closed and not self.failed:
+            t.write(data)
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
@@ -177,11 +179,24 @@ class H2Base(asyncio.Protocol):
                 self.flush()
                 self._linger()
                 return
-            for ev in events:
-                self.on_event(ev)
+            try:
+                for ev in events:
+                    if isinstance(ev, h2.events.DataReceived):
+                        self._credit_connection(ev.flow_controlled_length or 0)
+                    self.on_event(ev)
+            except Exception:
+                log.exception("h2 event handling failed for peer %s", self.peer)
+                self.fail(INTERNAL_ERROR, "internal error")
+                return
         for g in goaways:
             self.on_goaway(g)
         self.flush()
+        t = self.transport
+        if t is not None and not self.closed and t.get_write_buffer_size() > self.max_write_buffer:
+            # DATA writers wait for the socket (drain); what piles up beyond that is our answers to the
+            # peer's frames (PING, SETTINGS, ...), which it makes us send and does not read.
+            log.info("h2 peer %s does not read what it asks for; closing", self.peer)
+            self.abort()
 
     def eof_received(self) -> bool:
         return False
@@ -244,7 +259,7 @@ class H2Base(asyncio.Protocol):
     async def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """DATA frames no larger than the peer's window and frame size; waits for window and socket."""
         while data:
-            n = min(await self._window(stream_id), len(data), self.h2.max_outbound_frame_size)
+            n = min(await self._window(stream_id), len(data), self.h2.max_outbound_frame_size, _MAX_CHUNK)
             chunk, data = data[:n], data[n:]
             self.call(self.h2.send_data, stream_id, chunk, end_stream=end_stream and not data)
             self.flush()
@@ -267,13 +282,33 @@ class H2Base(asyncio.Protocol):
             self.call(self.h2.reset_stream, stream_id, code)
             self.flush()
 
+    # Flow control, receive side. The connection window is credited as DATA arrives and a stream's
+    # window as its reader consumes: the stream windows bound what waits unread (at most
+    # max_concurrent_streams x stream_window per connection), and a stream whose reader stalls (a
+    # request queued behind the breaker, a slow client) cannot starve its neighbours by eating the
+    # shared connection window. Credits go out in steps of a quarter window, one WINDOW_UPDATE each.
+    def _credit_connection(self, size: int) -> None:
+        self._conn_owed += size
+        if self._conn_owed >= self._conn_step and not self.closed and not self.failed:
+            with contextlib.suppress(h2.exceptions.ProtocolError, ValueError):
+                self.h2.increment_flow_control_window(self._conn_owed)
+            self._conn_owed = 0
+
     def ack(self, stream_id: int, size: int) -> None:
-        """Hand ``size`` consumed bytes back to the peer's windows (WINDOW_UPDATE when h2 sees fit)."""
+        """The reader of stream_id consumed ``size`` flow-controlled bytes: the peer may send as much more."""
         if size <= 0 or self.closed or self.failed:
             return
-        with contextlib.suppress(h2.exceptions.ProtocolError, ValueError):
-            self.h2.acknowledge_received_data(size, stream_id)
+        owed = self._stream_owed.pop(stream_id, 0) + size
+        if owed < self._stream_step:
+            self._stream_owed[stream_id] = owed
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError, ValueError, KeyError):
+            self.h2.increment_flow_control_window(owed, stream_id=stream_id)
         self.flush()
+
+    def forget(self, stream_id: int) -> None:
+        """The stream is over: no window is owed to it any more."""
+        self._stream_owed.pop(stream_id, None)
 
     # -- for subclasses --------------------------------------------------------------------------
     def on_event(self, ev: h2.events.Event) -> None:

@@ -117,10 +117,6 @@ class H2ServerProtocol(H2Base):
             st = self.streams.get(ev.stream_id)
             if st is not None and not st.reset:
                 st.req._on_data(ev.data or b"", ev.flow_controlled_length or 0)
-            else:
-                self.ack(
-                    ev.stream_id, ev.flow_controlled_length or 0
-                )  # nobody reads it: keep the window open
         elif isinstance(ev, h2.events.RequestReceived):
             self._on_request(ev)
         elif isinstance(ev, h2.events.StreamEnded):
@@ -144,7 +140,8 @@ class H2ServerProtocol(H2Base):
             return
         st.reset = True
         st.req._finish(ConnectionResetError(why))
-        self.ack(sid, st.req._discard())
+        st.req._discard()
+        self.forget(sid)
         self.wake_window(sid)
         if st.task is not None and not st.task.done():
             st.task.cancel()
@@ -239,7 +236,8 @@ class H2ServerProtocol(H2Base):
         finally:
             self.server._finished()
             self.streams.pop(sid, None)
-            self.ack(sid, req._discard())
+            req._discard()
+            self.forget(sid)
             if not st.reset and not req._done and resp.ended:
                 # A complete answer to a request whose body is still coming: RFC 9113 8.1 says
                 # RST_STREAM(NO_ERROR) asks the client to stop sending it.

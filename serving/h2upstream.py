@@ -72,7 +72,7 @@ class _ClientStream:
         if self.error is None:
             self.error = err
         if not self.ended:  # a complete response (then RST_STREAM NO_ERROR) is still read to its end
-            self.conn.ack(self.sid, self.discard())
+            self.discard()
         self.wake()
 
     def on_data(self, data: bytes, fc: int) -> None:
@@ -146,7 +146,8 @@ class _ClientStream:
         if not (self.ended and self.local_ended) and self.error is None:
             self.conn.reset(self.sid, CANCEL)
             self.error = ConnectionResetError("stream cancelled")
-        self.conn.ack(self.sid, self.discard())
+        self.discard()
+        self.conn.forget(self.sid)
         self.conn.stream_done(self)
 
 
@@ -224,8 +225,6 @@ class _ClientConn(H2Base):
         if isinstance(ev, h2.events.DataReceived):
             if st is not None and st.error is None:
                 st.on_data(ev.data or b"", ev.flow_controlled_length or 0)
-            else:
-                self.ack(sid, ev.flow_controlled_length or 0)
         elif isinstance(ev, h2.events.ResponseReceived):
             if st is not None:
                 hdrs = [(bytes(n), bytes(v)) for n, v in ev.headers or ()]
@@ -332,6 +331,7 @@ class H2Upstream:
 
     async def connection(self) -> _ClientConn:
         """A connection with a free stream slot, dialling one (shared by all who wait) if none has."""
+        useless = 0
         while True:
             if self._closed:
                 raise UpstreamError(f"upstream pool {self.host}:{self.port} is closed")
@@ -343,7 +343,12 @@ class H2Upstream:
                 task = self._dialing = asyncio.get_running_loop().create_task(self._dial())
                 task.add_done_callback(self._dial_done)
             # shield: a caller that goes away does not abort the dial the others wait for
-            await asyncio.shield(task)
+            conn = await asyncio.shield(task)
+            if conn.capacity() <= 0 and not conn.streams:
+                # a fresh connection with no room at all (GOAWAY at once, MAX_CONCURRENT_STREAMS 0)
+                useless += 1
+                if useless >= 2:
+                    raise UpstreamError(f"upstream {self.host}:{self.port} accepts no new streams")
 
     def _dial_done(self, task: asyncio.Task[_ClientConn]) -> None:
         if self._dialing is task:

@@ -227,3 +227,43 @@ async def test_slow_reader_keeps_proxy_buffers_bounded(stack: Stack) -> None:
     finally:
         task.cancel()
         writer.close()
+
+
+async def test_slow_clients_do_not_stall_other_calls_on_the_shared_upstream_connection(stack: Stack) -> None:
+    """Five server streams nobody reads fill five upstream stream windows (more than one connection
+    window) on the proxy's single upstream connection; a unary call on it still completes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.proxy.port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    path = f"/{SERVICE}/ServerStream".encode()
+    for sid in (1, 3, 5, 7, 9):
+        conn.send_headers(
+            sid,
+            [
+                (b":method", b"POST"),
+                (b":path", path),
+                (b":scheme", b"http"),
+                (b":authority", b"test"),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+            ],
+        )
+        conn.send_data(sid, _grpc_frame(b"256x16384"), end_stream=True)
+    writer.write(conn.data_to_send())
+
+    async def drain_frames() -> None:  # read, never credit: the streams stay stalled
+        while await reader.read(65536):
+            pass
+
+    task = asyncio.create_task(drain_frames())
+    try:
+        window = stack.upstream.stream_window
+        await until(
+            lambda: stack.upstream.received >= 5 * window - 5 * 65535, what="five upstream windows full"
+        )
+        reply = await asyncio.to_thread(lambda: method(stack.ch, "Unary")(b"still here", timeout=10))
+        assert reply == b"echo:still here"
+        assert stack.upstream.connections == 1
+    finally:
+        task.cancel()
+        writer.close()

@@ -348,3 +348,70 @@ async def test_handler_failure_after_start_resets_only_that_stream(h2app: tuple[
         assert got3.startswith(b"version=2")
     finally:
         raw.close()
+
+
+async def test_a_stalled_stream_does_not_starve_its_neighbours() -> None:
+    """Five requests whose handlers do not read hold five stream windows (more than the 1 MiB connection
+    window); a sixth upload on the same connection still goes through."""
+    gate = asyncio.Event()
+
+    async def app(req: Request, resp: Responder) -> None:
+        if req.target == b"/stall":
+            await gate.wait()
+        n = 0
+        while data := await req.read():
+            n += len(data)
+        await resp.send(200, b"read=%d" % n)
+
+    srv = await serve_h2(app, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.increment_flow_control_window(8 * 1024 * 1024)
+    pending: dict[int, int] = {}
+    answers: dict[int, bytes] = {}
+
+    def open_stream(sid: int, path: bytes, size: int) -> None:
+        fields = [(b":method", b"POST"), (b":path", path), (b":scheme", b"http"), (b":authority", b"t")]
+        conn.send_headers(sid, fields)
+        pending[sid] = size
+
+    def push() -> None:
+        for sid, left in pending.items():
+            while left:
+                n = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, left)
+                if n <= 0:
+                    break
+                conn.send_data(sid, b"u" * n, end_stream=n == left)
+                left -= n
+            pending[sid] = left
+        writer.write(conn.data_to_send())
+
+    async def run() -> None:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    answers[ev.stream_id or 0] = answers.get(ev.stream_id or 0, b"") + (ev.data or b"")
+                    conn.acknowledge_received_data(ev.flow_controlled_length or 0, ev.stream_id or 0)
+            push()
+
+    task = asyncio.create_task(run())
+    try:
+        for sid in (1, 3, 5, 7, 9):
+            open_stream(sid, b"/stall", 512 * 1024)
+        push()
+        await until(lambda: all(pending[s] == 512 * 1024 - 262144 for s in (1, 3, 5, 7, 9)), what="stalled")
+        open_stream(11, b"/flow", 2 * 1024 * 1024)
+        push()
+        await until(lambda: answers.get(11) == b"read=2097152", what="the sixth upload answered")
+        gate.set()
+        await until(
+            lambda: all(answers.get(s) == b"read=524288" for s in (1, 3, 5, 7, 9)), what="all answered"
+        )
+    finally:
+        task.cancel()
+        writer.close()
+        await srv.shutdown(1.0)
