@@ -126,11 +126,11 @@ class ActivatorBackend:
 
     @classmethod
     def create(
-        cls, api: client.ApiClient, namespace: str, on_config: OnChange, **kw: Any
+        cls, api: client.ApiClient, namespace: str, on_config: OnChange, own_ip: str | None = None, **kw: Any
     ) -> ActivatorBackend:
         return cls(
             make_endpoint_source(api, namespace, **kw),
-            make_activator_peers(api, namespace, **kw),
+            make_activator_peers(api, namespace, own_ip, **kw),
             watch_configmaps(api, namespace, on_config, **kw),
         )
 
