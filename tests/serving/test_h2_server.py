@@ -162,6 +162,9 @@ async def test_h2c_to_h2c_with_trailers(h2proxy: tuple[AutoServer, H2Upstream]) 
     status, _, out, trailers = await h2_request(proxy.port, b"/info", method=b"PUT", body=b"abc")
     assert status == 200 and out.startswith(b"version=2 method=PUT target=/info host=test body=3")
     assert trailers == [(b"x-trailer", b"yes")]
+    body = bytes(range(256)) * 8192  # 2 MiB: many windows both hops
+    status, _, out, _ = await h2_request(proxy.port, b"/info", method=b"POST", body=body)
+    assert status == 200 and out.endswith(b"body=%d sha=%s" % (len(body), _sha(body).encode()))
     assert up.connections == 1 and up.in_use == 0
 
 
@@ -413,5 +416,26 @@ async def test_a_stalled_stream_does_not_starve_its_neighbours() -> None:
         )
     finally:
         task.cancel()
+        writer.close()
+        await srv.shutdown(1.0)
+
+
+async def test_http11_pipelined_requests_pass_the_sniffer_untouched(h2app: tuple[H2Server, App]) -> None:
+    srv = await serve_auto(h2app[1], "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    try:
+        writer.write(
+            b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+        )
+        data = b""
+        async with asyncio.timeout(10):
+            while data.count(b"x-trailer: yes") < 2:
+                chunk = await reader.read(65536)
+                assert chunk, "server closed the connection"
+                data += chunk
+        assert b"version=1.1 method=GET target=/one host=a body=0" in data
+        assert b"version=1.1 method=POST target=/two host=a body=2" in data
+    finally:
         writer.close()
         await srv.shutdown(1.0)
