@@ -120,6 +120,8 @@ class MultiScaler:
         self._revs: dict[RevisionKey, _Revision] = {}
         self._listeners: list[DecisionListener] = []
         self._pokes: set[asyncio.Task[Decision | None]] = set()
+        self._poked: set[RevisionKey] = set()
+        self._running: dict[RevisionKey, asyncio.Task[Decision | None]] = {}
 
     # -- registration -------------------------------------------------------------------------------
     @property
@@ -207,13 +209,21 @@ class MultiScaler:
             self._poke(revision)
 
     def _poke(self, revision: RevisionKey) -> None:
+        if revision in self._poked:
+            return  # one poke at a time per revision: a burst of stats is one decision
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop (a synchronous caller): the next tick decides
+        self._poked.add(revision)
         task = loop.create_task(self.decide(revision, self._clock.now(), poke=True))
         self._pokes.add(task)
-        task.add_done_callback(self._pokes.discard)
+
+        def done(t: asyncio.Task[Decision | None]) -> None:
+            self._pokes.discard(t)
+            self._poked.discard(revision)
+
+        task.add_done_callback(done)
 
     async def settle(self) -> None:
         """Wait for decisions started by pokes (tests)."""
@@ -321,7 +331,41 @@ class MultiScaler:
                 decisions.append(r)
         return decisions
 
+    def launch(self, now: float | None = None) -> list[asyncio.Task[Decision | None]]:
+        """Start a decision for every revision whose previous one finished; do not wait for them.
+
+        Each revision keeps its own pace, as Knative's per-revision tickers do: a Scaler call that takes
+        long (pods starting) delays that revision's next decision, not the others'.
+        """
+        t = self._clock.now() if now is None else now
+        loop = asyncio.get_running_loop()
+        started = []
+        for key in list(self._revs):
+            task = self._running.get(key)
+            if task is not None and not task.done():
+                continue
+            task = loop.create_task(self.decide(key, t))
+            task.add_done_callback(_log_failure)
+            self._running[key] = task
+            started.append(task)
+        for key in [k for k in self._running if k not in self._revs]:
+            del self._running[key]
+        return started
+
     async def run_forever(self) -> None:
-        while True:
-            await self.tick()
-            await asyncio.sleep(self._interval)
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        try:
+            while True:
+                self.launch()
+                next_at += self._interval
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+        finally:
+            for task in self._running.values():
+                task.cancel()
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+
+def _log_failure(task: asyncio.Task[Decision | None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("decision failed: %r", task.exception())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -29,7 +30,10 @@ pytestmark = pytest.mark.e2e
 
 REV = RevisionKey("ns", "svc-00001")
 ANNOTATIONS = {
-    "autoscaling.knative.dev/window": "6s",  # panic window: 10 % -> 0.6 s -> 1 s
+    "autoscaling.knative.dev/window": "6s",
+    # A 1 s panic window reads 0 whenever the newest scrape is in the previous second (Knative does the
+    # same); half the stable window gives a steady panic average on a busy machine.
+    "autoscaling.knative.dev/panic-window-percentage": "50",
     "autoscaling.knative.dev/target": "1",
     "autoscaling.knative.dev/target-utilization-percentage": "100",
     "autoscaling.knative.dev/max-scale": "3",
@@ -126,9 +130,9 @@ async def test_scale_up_through_panic_to_zero_and_cold_start_over_websocket() ->
         await until(lambda: pods.ready_pods(REV) == 1, timeout=60, what="initial scale: one pod")
 
         stop = asyncio.Event()
-        load_task = asyncio.create_task(load(pods, 4, stop, time.monotonic() + 90))
+        load_task = asyncio.create_task(load(pods, 8, stop, time.monotonic() + 90))
         try:
-            # 4 requests in flight at target 1 on one pod: 400 % of the panic threshold's 200 %.
+            # 8 requests in flight at target 1 and at most 3 pods: over the 200 % panic threshold.
             # (the Decision is published once the Scaler returned: wait for both)
             await until(
                 lambda: pods.ready_pods(REV) == 3 and any(d.want == 3 for d in decisions),
@@ -142,7 +146,10 @@ async def test_scale_up_through_panic_to_zero_and_cold_start_over_websocket() ->
                 s.get(f"http://127.0.0.1:{app.metrics_port}/metrics") as r,
             ):
                 text = await r.text()
-            assert 'autoscaler_desired_pods{namespace_name="ns",revision_name="svc-00001"} 3.0' in text
+            labels = '{namespace_name="ns",revision_name="svc-00001"}'
+            assert f"autoscaler_requested_pods{labels} 3.0" in text  # max-scale caps what is asked for
+            desired = re.search(rf"^autoscaler_desired_pods{re.escape(labels)} (\S+)$", text, re.M)
+            assert desired is not None and float(desired.group(1)) >= 3  # the decider's own number
         finally:
             stop.set()
             served = await load_task
