@@ -1,0 +1,213 @@
+"""Which pods of a revision may get requests: endpoint lists in, probed healthy pods out.
+
+Pods come from an :class:`EndpointSource` (the local runtime and Kubernetes implement it). A new pod
+gets traffic only once its queue-proxy answers ``GET /healthz`` with ``K-Network-Probe: queue`` by
+``200`` and the body ``queue`` (Knative's activator probe, 300 ms per round, again every 200 ms while
+any known pod is still unhealthy). A pod that disappears or turns terminating leaves the healthy set at
+once: it gets no new requests, while those it already has finish (the throttler keeps them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from serving.headers import ACTIVATOR_PROBE_UA
+from serving.types import Endpoint, RevisionKey
+
+__all__ = [
+    "PROBE_FREQUENCY",
+    "PROBE_TIMEOUT",
+    "EndpointBoard",
+    "EndpointSource",
+    "HttpProber",
+    "Prober",
+    "RevisionBackends",
+]
+
+log = logging.getLogger("zeroscale.activator.backends")
+
+PROBE_TIMEOUT = 0.3  # Knative's PROBE_TIMEOUT, per round
+PROBE_FREQUENCY = 0.2  # Knative's PROBE_FREQUENCY, between rounds while some pod is unhealthy
+_MAX_PROBE_RESPONSE = 4096
+
+
+class EndpointSource(Protocol):
+    """Where a revision's pods come from.
+
+    ``subscribe`` calls ``callback`` with the revision's whole endpoint list now (when known) and after
+    every change, until the returned function is called.
+    """
+
+    def subscribe(
+        self, revision: RevisionKey, callback: Callable[[Sequence[Endpoint]], None]
+    ) -> Callable[[], None]: ...
+
+
+class EndpointBoard:
+    """An in-memory EndpointSource: whoever knows the pods ``publish``es them (the local runtime)."""
+
+    def __init__(self) -> None:
+        self._lists: dict[RevisionKey, tuple[Endpoint, ...]] = {}
+        self._subs: dict[RevisionKey, list[Callable[[Sequence[Endpoint]], None]]] = {}
+
+    def publish(self, revision: RevisionKey, endpoints: Sequence[Endpoint]) -> None:
+        self._lists[revision] = tuple(endpoints)
+        for cb in list(self._subs.get(revision, ())):
+            cb(self._lists[revision])
+
+    def forget(self, revision: RevisionKey) -> None:
+        self.publish(revision, ())
+        self._lists.pop(revision, None)
+
+    def get(self, revision: RevisionKey) -> tuple[Endpoint, ...]:
+        return self._lists.get(revision, ())
+
+    def subscribe(
+        self, revision: RevisionKey, callback: Callable[[Sequence[Endpoint]], None]
+    ) -> Callable[[], None]:
+        subs = self._subs.setdefault(revision, [])
+        subs.append(callback)
+        if revision in self._lists:
+            callback(self._lists[revision])
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                subs.remove(callback)
+
+        return unsubscribe
+
+
+class Prober(Protocol):
+    async def probe(self, endpoint: Endpoint) -> bool: ...
+
+
+class HttpProber:
+    """Knative's activator probe over a plain socket: one GET, Connection: close, tiny answer."""
+
+    def __init__(self, timeout: float = PROBE_TIMEOUT) -> None:
+        self.timeout = timeout
+
+    async def probe(self, endpoint: Endpoint) -> bool:
+        request = (
+            b"GET /healthz HTTP/1.1\r\nHost: %s\r\nK-Network-Probe: queue\r\nUser-Agent: %s\r\n"
+            b"Connection: close\r\n\r\n" % (endpoint.address.encode(), ACTIVATOR_PROBE_UA)
+        )
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+                writer.write(request)
+                await writer.drain()
+                data = await reader.read(_MAX_PROBE_RESPONSE)
+                while len(data) < _MAX_PROBE_RESPONSE:
+                    more = await reader.read(_MAX_PROBE_RESPONSE - len(data))
+                    if not more:
+                        break
+                    data += more
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            if writer is not None:
+                writer.close()
+        return _healthy(data)
+
+
+def _healthy(raw: bytes) -> bool:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or status_line[1] != b"200":
+        return False
+    if b"transfer-encoding: chunked" in head.lower():
+        size, _, rest = body.partition(b"\r\n")
+        try:
+            body = rest[: int(size, 16)]
+        except ValueError:
+            return False
+    return body.strip() == b"queue"
+
+
+class RevisionBackends:
+    """Probes one revision's pods and reports the healthy ones through ``on_healthy``."""
+
+    def __init__(
+        self,
+        revision: RevisionKey,
+        on_healthy: Callable[[list[Endpoint]], None],
+        prober: Prober | None = None,
+        *,
+        frequency: float = PROBE_FREQUENCY,
+    ) -> None:
+        self.revision = revision
+        self._on_healthy = on_healthy
+        self._prober = prober or HttpProber()
+        self._frequency = frequency
+        self._known: dict[str, Endpoint] = {}
+        self._healthy: dict[str, Endpoint] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def healthy(self) -> list[Endpoint]:
+        return list(self._healthy.values())
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        """A new endpoint list from the source (the whole list, not a delta)."""
+        if self._closed:
+            return
+        known = {ep.address: ep for ep in endpoints if not ep.terminating}
+        changed = False
+        for addr in list(self._healthy):
+            ep = known.get(addr)
+            prev = self._known.get(addr)
+            # Gone, terminating, or ready -> not ready: no new requests until probed healthy again.
+            if ep is None or (prev is not None and prev.ready and not ep.ready):
+                del self._healthy[addr]
+                changed = True
+            elif ep != self._healthy[addr]:
+                self._healthy[addr] = ep
+        self._known = known
+        if changed:
+            self._publish()
+        self._ensure_probing()
+
+    def _publish(self) -> None:
+        self._on_healthy(sorted(self._healthy.values(), key=lambda e: e.address))
+
+    def _ensure_probing(self) -> None:
+        if any(a not in self._healthy for a in self._known) and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        while not self._closed:
+            pending = [ep for a, ep in self._known.items() if a not in self._healthy]
+            if not pending:
+                return
+            probes = (self._prober.probe(ep) for ep in pending)
+            results = await asyncio.gather(*probes, return_exceptions=True)
+            added = False
+            for ep, ok in zip(pending, results, strict=True):
+                if isinstance(ok, BaseException):
+                    log.debug("probe of %s failed: %r", ep.address, ok)
+                    continue
+                current = self._known.get(ep.address)
+                if ok is True and current is not None and ep.address not in self._healthy:
+                    self._healthy[ep.address] = current
+                    added = True
+            if added:
+                self._publish()
+            if all(a in self._healthy for a in self._known):
+                return
+            await asyncio.sleep(self._frequency)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
