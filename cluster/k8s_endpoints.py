@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from cluster.k8s_cache import Change, Obj
+from cluster.k8s_cache import Change, Obj, ObjKey
 from cluster.k8s_informer import Informer
 from serving.types import Endpoint, RevisionKey
 
@@ -114,6 +114,7 @@ class KubeEndpointSource:
         )
         self._lists: dict[RevisionKey, tuple[Endpoint, ...]] = {}
         self._subs: dict[RevisionKey, list[EndpointCallback]] = {}
+        self._slices: dict[RevisionKey, set[ObjKey]] = {}  # each Service's slices, by cache key
 
     @property
     def synced(self) -> bool:
@@ -140,19 +141,26 @@ class KubeEndpointSource:
     def _changed(self, changes: list[Change]) -> None:
         touched: set[RevisionKey] = set()
         for ch in changes:
-            for obj in (ch.old, ch.new):
-                if obj is not None:
-                    labels = (obj.get("metadata") or {}).get("labels") or {}
-                    if SERVICE_LABEL in labels:
-                        touched.add(RevisionKey(ch.key[0] or self.namespace, labels[SERVICE_LABEL]))
+            for obj, present in ((ch.old, False), (ch.new, True)):
+                if obj is None:
+                    continue
+                labels = (obj.get("metadata") or {}).get("labels") or {}
+                if SERVICE_LABEL not in labels:
+                    continue
+                rev = RevisionKey(ch.key[0] or self.namespace, labels[SERVICE_LABEL])
+                touched.add(rev)
+                keys = self._slices.setdefault(rev, set())
+                if present:
+                    keys.add(ch.key)
+                else:
+                    keys.discard(ch.key)
         for rev in sorted(touched):
-            slices = [
-                o
-                for (ns, _), o in self.informer.cache.items()
-                if ns == rev.namespace
-                and ((o.get("metadata") or {}).get("labels") or {}).get(SERVICE_LABEL) == rev.name
-            ]
-            new = endpoints_from_slices(slices)
+            keys = self._slices.get(rev, set())
+            new = endpoints_from_slices(
+                self.informer.cache[k] for k in sorted(keys) if k in self.informer.cache
+            )
+            if not keys:
+                self._slices.pop(rev, None)
             if self._lists.get(rev, ()) == new:
                 continue
             if new:
