@@ -85,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     backend: Backend = module.make_backend(env)
     settings = AutoscalerSettings(host=args.host, stat_port=args.stat_port, metrics_port=args.metrics_port)
     app = AutoscalerApp(
-        scaler=backend.scaler, pods=backend.pods, targets=backend.targets, config=config, settings=settings
+        scaler=backend.scaler,
+        pods=backend.pods,
+        targets=backend.targets,
+        config=config,
+        settings=settings,
+        probe=getattr(backend, "probe", None),
     )
     asyncio.run(_run(app, backend))
     return 0

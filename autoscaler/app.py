@@ -27,7 +27,7 @@ from serving.errors import ConfigError
 from .collector import Collector
 from .config import AutoscalerConfig, defaults, from_mapping
 from .metrics import AutoscalerMetrics
-from .multiscaler import MultiScaler, ReadyPodCounter, Scaler
+from .multiscaler import ActivatorProbe, MultiScaler, ReadyPodCounter, Scaler
 from .scraper import SCRAPE_TIMEOUT, PodScraper, ScrapeTargets
 from .server import metrics_app, stat_app
 
@@ -45,7 +45,11 @@ class AutoscalerSettings:
 
 
 class Backend(Protocol):
-    """Where pods come from (local processes, Kubernetes): what ``cluster`` hands the binary."""
+    """Where pods come from (local processes, Kubernetes): what ``cluster`` hands the binary.
+
+    It may also carry ``probe`` (an :class:`ActivatorProbe`) to confirm the activator before the last
+    pod of a revision goes.
+    """
 
     scaler: Scaler
     pods: ReadyPodCounter
@@ -92,6 +96,7 @@ class AutoscalerApp:
         clock: Clock | None = None,
         registry: CollectorRegistry | None = None,
         rng: random.Random | None = None,
+        probe: ActivatorProbe | None = None,
     ) -> None:
         self.settings = settings or AutoscalerSettings()
         # Unix time: activator stats carry unix-second timestamps and land in the same buckets.
@@ -101,7 +106,9 @@ class AutoscalerApp:
             targets, clock=MonotonicClock(), rng=rng, timeout=self.settings.scrape_timeout
         )
         self.collector = Collector(self.scraper, self.clock)
-        self.multiscaler = MultiScaler(scaler, pods, self.collector, config or defaults(), self.clock)
+        self.multiscaler = MultiScaler(
+            scaler, pods, self.collector, config or defaults(), self.clock, probe=probe
+        )
         self.metrics = AutoscalerMetrics(self.registry)
         self.multiscaler.add_listener(self.metrics.observe)
         self._runners: list[web.AppRunner] = []

@@ -112,7 +112,7 @@ class RevisionScaler:
             return max(s.min_scale, s.initial_scale)
         return max(s.min_scale, 1)
 
-    def _scale_to_zero(self, now: float) -> tuple[int, bool]:
+    def _scale_to_zero(self, now: float, activator_ready: bool) -> tuple[int, bool]:
         """(want, apply) for a bounded decision of 0 (Knative's handleScaleToZero)."""
         s = self._scaling
         cfg = s.config
@@ -126,9 +126,9 @@ class RevisionScaler:
             if now - self._state_since >= s.stable_window:
                 return 0, False  # turns inactive below: activator into the path, no scaling yet
             return 1, True  # hold one pod for the rest of the stable window
-        # Inactive. With TBC -1 the activator is always in the path; otherwise Knative probes it, and
-        # here the activator is in the path as soon as we said so on an earlier tick.
-        in_path = s.spec.target_burst_capacity == -1 or self._proxy_since is not None
+        # Inactive. With TBC -1 the activator is always in the path; otherwise Knative probes it. Here it
+        # is in the path once we said so on an earlier tick and (if the caller probes) the probe agrees.
+        in_path = s.spec.target_burst_capacity == -1 or (self._proxy_since is not None and activator_ready)
         if not in_path:
             return 0, False
         inactive_for = now - self._state_since
@@ -142,8 +142,14 @@ class RevisionScaler:
             return 0, True
         return 0, False
 
-    def reconcile(self, now: float, desired: int, ebc: int, ready: int) -> Applied:
-        """One pass: the latest valid decision (``desired`` -1 if none yet) and the ready pod count."""
+    def reconcile(
+        self, now: float, desired: int, ebc: int, ready: int, *, activator_ready: bool = True
+    ) -> Applied:
+        """One pass: the latest valid decision (``desired`` -1 if none yet) and the ready pod count.
+
+        ``activator_ready``: a probe says the activator really serves the revision (Knative probes it
+        before the last pod goes); without a probe, saying so is enough (the switch is in-process).
+        """
         s = self._scaling
         apply = True
         if desired < 0 and self._state is not PAState.ACTIVATING:
@@ -152,7 +158,7 @@ class RevisionScaler:
             lo, hi = self._bounds()
             want = apply_bounds(lo, hi, desired)
             if want == 0:
-                want, apply = self._scale_to_zero(now)
+                want, apply = self._scale_to_zero(now, activator_ready)
             elif want < 0:
                 apply = False
 

@@ -29,7 +29,7 @@ from .config import AutoscalerConfig, RevisionScaling, resolve
 from .decider import TICK_INTERVAL, Decider
 from .kpa import PAState, RevisionScaler
 
-__all__ = ["Decision", "DecisionListener", "MultiScaler", "ReadyPodCounter", "Scaler"]
+__all__ = ["ActivatorProbe", "Decision", "DecisionListener", "MultiScaler", "ReadyPodCounter", "Scaler"]
 
 log = logging.getLogger("zeroscale.autoscaler")
 
@@ -42,6 +42,14 @@ class ReadyPodCounter(Protocol):
     """Ready pods of a revision; raising or returning None means the count failed (no decision)."""
 
     def ready_pods(self, revision: RevisionKey) -> int | Awaitable[int | None] | None: ...
+
+
+class ActivatorProbe(Protocol):
+    """Whether the activator really is in a revision's path (Knative probes /healthz with
+    ``K-Network-Probe: activator``) before its last pod goes. Optional: without one, the switch is
+    taken as done once a decision said so (in-process gateways switch at once)."""
+
+    def activator_in_path(self, revision: RevisionKey) -> bool | Awaitable[bool]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +118,10 @@ class MultiScaler:
         clock: Clock,
         *,
         interval: float = TICK_INTERVAL,
+        probe: ActivatorProbe | None = None,
     ) -> None:
         self._scaler = scaler
+        self._probe = probe
         self._pods = pods
         self.collector = collector
         self._config = config
@@ -275,7 +285,10 @@ class MultiScaler:
             known_ready = rev.last.ready_pods
         else:
             known_ready = 0
-        applied = rev.kpa.reconcile(now, rev.desired, rev.ebc, known_ready)
+        activator_ready = True
+        if self._probe is not None and rev.kpa.state is PAState.INACTIVE and rev.desired == 0:
+            activator_ready = await self._probe_activator(key)
+        applied = rev.kpa.reconcile(now, rev.desired, rev.ebc, known_ready, activator_ready=activator_ready)
         did_apply = False
         if applied.apply and applied.want >= 0 and applied.want != rev.applied:
             did_apply = await self._apply(key, rev, applied.want)
@@ -305,6 +318,19 @@ class MultiScaler:
             except Exception:
                 log.exception("decision listener failed")
         return d
+
+    async def _probe_activator(self, key: RevisionKey) -> bool:
+        assert self._probe is not None
+        try:
+            ok = self._probe.activator_in_path(key)
+            if inspect.isawaitable(ok):
+                ok = await ok
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.info("activator probe for %s failed: %s", key, e)
+            return False
+        return bool(ok)
 
     async def _apply(self, key: RevisionKey, rev: _Revision, want: int) -> bool:
         try:

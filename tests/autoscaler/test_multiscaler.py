@@ -187,3 +187,25 @@ async def test_new_revision_holds_initial_scale_until_reached() -> None:
     # Reached once: from now on only the load counts, down at most by half per tick, then to zero.
     await rig.run(90, 0.0)
     assert [c for _, c in rig.cluster.calls] == [3, 1, 0]
+
+
+class Probe:
+    def __init__(self) -> None:
+        self.ok = False
+        self.calls = 0
+
+    async def activator_in_path(self, revision: RevisionKey) -> bool:
+        self.calls += 1
+        return self.ok
+
+
+async def test_last_pod_stays_until_the_activator_probe_succeeds() -> None:
+    rig = Rig()
+    probe = Probe()
+    rig.ms = MultiScaler(rig.cluster, rig.cluster, rig.collector, defaults(), rig.clock, probe=probe)
+    rig.ms.upsert(REV, {}, 0, created=True)
+    await rig.run(200, 0.0)
+    assert rig.replicas == 1 and probe.calls > 0  # inactive, but the activator is not serving it yet
+    probe.ok = True
+    await rig.run(4, 0.0)
+    assert rig.replicas == 0
