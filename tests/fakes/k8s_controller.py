@@ -9,6 +9,7 @@ readiness probe would. ``auto_ready=True`` does both at once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from tests.fakes.k8s_store import Event, Store
@@ -17,10 +18,22 @@ __all__ = ["FakeDeploymentController"]
 
 
 class FakeDeploymentController:
-    def __init__(self, store: Store, namespace: str = "default", *, auto_ready: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        namespace: str = "default",
+        *,
+        auto_ready: bool = False,
+        port: int = 8012,
+        ip_for: Callable[[str, int], str] | None = None,
+    ) -> None:
+        """``ip_for(revision, i)`` picks pod i's address (default 10.0.<n>.<i+1>, never dialled);
+        tests that probe the pods give 127.0.0.1 and the ``port`` of a local responder."""
         self.store = store
         self.namespace = namespace
         self.auto_ready = auto_ready
+        self.port = port
+        self.ip_for = ip_for or (lambda rev, i: f"10.0.{sum(ord(c) for c in rev) % 250}.{i + 1}")
         self._ready: dict[str, int] = {}
         store.listeners.append(self._on_event)
 
@@ -61,10 +74,9 @@ class FakeDeploymentController:
         }
         self.store.update("deployments", self.namespace, dep, check_rv=False)
         rev = self.revision_of(name)
-        n = sum(ord(c) for c in rev) % 250
         endpoints: list[dict[str, Any]] = [
             {
-                "addresses": [f"10.0.{n}.{i + 1}"],
+                "addresses": [self.ip_for(rev, i)],
                 "conditions": {"ready": i < ready, "serving": i < ready, "terminating": False},
                 "targetRef": {"kind": "Pod", "name": f"{name}-pod{i + 1}", "namespace": self.namespace},
             }
@@ -73,7 +85,7 @@ class FakeDeploymentController:
         slice_: dict[str, Any] = {
             "metadata": {"name": f"{rev}-abcde", "labels": {"kubernetes.io/service-name": rev}},
             "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8012, "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": self.port, "protocol": "TCP"}],
             "endpoints": endpoints,
         }
         try:
