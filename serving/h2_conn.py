@@ -93,6 +93,7 @@ class H2Base(asyncio.Protocol):
         self.closed = False
         self.failed = False  # we sent an error GOAWAY: nothing more is read or written
         self._paused = False
+        self._flush_due = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
 
@@ -146,6 +147,17 @@ class H2Base(asyncio.Protocol):
             await fut
 
     def flush(self) -> None:
+        """Write what h2 has queued, once, after the callbacks and tasks already due this loop turn:
+        the frames of several operations and streams then leave in one system call."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        self.write_now()
+
+    def write_now(self) -> None:
         data = self.h2.data_to_send()
         t = self.transport
         if data and t is not None and not self.closed and not self.failed:
@@ -158,6 +170,7 @@ class H2Base(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self.write_now()
             self.transport.close()
 
     # -- receiving -------------------------------------------------------------------------------
@@ -176,7 +189,6 @@ class H2Base(asyncio.Protocol):
                 # h2 has queued the GOAWAY with the error code the RFC asks for.
                 code = int(getattr(e, "error_code", 1) or 1)
                 log.info("h2 peer %s: %s (GOAWAY %d)", self.peer, e, code)
-                self.flush()
                 self._linger()
                 return
             try:
@@ -206,7 +218,7 @@ class H2Base(asyncio.Protocol):
         if self.failed or self.closed:
             return
         log.info("h2 peer %s: %s (GOAWAY %d)", self.peer, message, code)
-        self.flush()
+        self.write_now()
         if self.transport is not None:
             self.transport.write(
                 goaway_frame(self.h2.highest_inbound_stream_id, code, message.encode()[:128])
@@ -216,6 +228,7 @@ class H2Base(asyncio.Protocol):
     def _linger(self) -> None:
         # Closing a socket with unread input makes the kernel send RST, which can destroy the GOAWAY
         # before the peer reads it; so: send FIN, discard what still comes for a moment, then close.
+        self.write_now()
         self.failed = True
         self.on_failed()
         t = self.transport
@@ -262,7 +275,7 @@ class H2Base(asyncio.Protocol):
             n = min(await self._window(stream_id), len(data), self.h2.max_outbound_frame_size, _MAX_CHUNK)
             chunk, data = data[:n], data[n:]
             self.call(self.h2.send_data, stream_id, chunk, end_stream=end_stream and not data)
-            self.flush()
+            self.write_now()  # at once: drain() must see this frame in the socket buffer
             await self.drain()
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

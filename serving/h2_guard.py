@@ -6,9 +6,11 @@ does not do, or does too late:
   the whole announced payload, up to 16 MiB);
 - a header block (HEADERS + CONTINUATIONs) longer than the header list limit is refused while it grows,
   and nothing but CONTINUATION may interrupt it;
-- frames that cost work but carry no request (SETTINGS, PING, RST_STREAM, PRIORITY, unknown types,
-  empty DATA/CONTINUATION that end nothing) draw from a token bucket: a flood past it is ENHANCE_YOUR_CALM
-  (with 100/s and a burst of 500, a client may open-and-reset 500 streams at once, then 100 a second);
+- frames that cost work but carry no request (SETTINGS, PING, PRIORITY, unknown types, empty
+  DATA/CONTINUATION that end nothing) draw from a token bucket: a flood past it is ENHANCE_YOUR_CALM;
+- RST_STREAM is routine (a cancelled call, a server that answered before the request ended), so it is
+  not rate-limited; what costs is a stream reset while its handler still runs, and ResetRatio ends a
+  connection whose streams are mostly reset that way ("rapid reset", CVE-2023-44487);
 - GOAWAY frames are taken out of the stream and reported, because h2 stops all streams on a GOAWAY while
   RFC 9113 6.8 lets the streams up to its last-stream-id finish.
 
@@ -30,6 +32,7 @@ __all__ = [
     "PROTOCOL_ERROR",
     "REFUSED_STREAM",
     "FrameScanner",
+    "ResetRatio",
     "GoAway",
     "GuardError",
     "TokenBucket",
@@ -51,7 +54,7 @@ _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWA
 _WINDOW_UPDATE, _CONTINUATION = 8, 9
 _END_STREAM = 0x1
 _END_HEADERS = 0x4
-_COSTLY_CONTROL = frozenset({_PRIORITY, _RST_STREAM, _SETTINGS, _PING})
+_COSTLY_CONTROL = frozenset({_PRIORITY, _SETTINGS, _PING})
 _MAX_DEBUG = 256  # bytes of GOAWAY debug data kept
 
 
@@ -95,6 +98,32 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+
+class ResetRatio:
+    """Streams the peer reset while we were still working on them, against all streams it opened.
+
+    After ``min_streams`` streams, more than half of them reset early means the peer opens streams in
+    order to cancel them. Counts are halved every ``window`` streams, so a long good history cannot hide
+    an attack that starts late. (Envoy's premature-reset rule, with the same 50 %.)
+    """
+
+    __slots__ = ("min_streams", "premature", "total", "window")
+
+    def __init__(self, min_streams: int = 100, window: int = 1000) -> None:
+        self.min_streams = min_streams
+        self.window = window
+        self.total = 0
+        self.premature = 0
+
+    def record(self, premature: bool) -> bool:
+        """Count one finished stream; False when the peer has crossed the line."""
+        self.total += 1
+        self.premature += premature
+        if self.total >= self.window:
+            self.total //= 2
+            self.premature //= 2
+        return not (self.total >= self.min_streams and 2 * self.premature > self.total)
 
 
 class FrameScanner:

@@ -7,8 +7,9 @@ knowledge and the ``Upgrade: h2c`` switch on one port, as Knative's servers do.
 
 Abuse is answered as RFC 9113 says and costs only the offending connection: oversized frames
 (FRAME_SIZE_ERROR), bad stream ids and other protocol violations (PROTOCOL_ERROR, from h2), header
-blocks past the limit and floods of SETTINGS/PING/RST_STREAM/PRIORITY/empty frames (ENHANCE_YOUR_CALM,
-serving.h2_guard), streams past SETTINGS_MAX_CONCURRENT_STREAMS (h2's GOAWAY; our SETTINGS said 100).
+blocks past the limit, floods of SETTINGS/PING/PRIORITY/empty frames and "rapid reset" (most streams
+reset young while their handler runs) get ENHANCE_YOUR_CALM (serving.h2_guard); streams past
+SETTINGS_MAX_CONCURRENT_STREAMS get RST_STREAM(REFUSED_STREAM), counting handlers still running.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import h2.events
 import h2.settings
 
 from .h2_conn import H2Base
-from .h2_guard import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, GoAway, goaway_frame
+from .h2_guard import (
+    CANCEL,
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    GoAway,
+    ResetRatio,
+    goaway_frame,
+)
 from .h2_stream import H2Request, H2Responder
 from .h2_upgrade import H1, H2, UPGRADE, UpgradeRequest, sniff
 from .httpserver import Handler, Headers, HttpProtocol, HttpServer, ServerLimits
@@ -41,8 +51,8 @@ class H2Limits:
     max_frame_size: int = 16384  # the RFC's default; we never ask peers for larger frames
     stream_window: int = 262144  # a stream's receive window: at most this much of a body waits unread
     connection_window: int = 1048576
-    control_frames_per_second: float = 100.0
-    control_frame_burst: int = 500
+    control_frames_per_second: float = 500.0  # SETTINGS, PING, PRIORITY, empty frames (gRPC pings too)
+    control_frame_burst: int = 1000
     idle_timeout: float = 75.0  # a connection without streams is closed (GOAWAY) after this long
     max_write_buffer: int = 4194304  # unsent output past this means the peer does not read: abort
 
@@ -67,14 +77,19 @@ class H2Limits:
         }
 
 
-class _Stream:
-    __slots__ = ("req", "reset", "resp", "task")
+_PREMATURE = 1.0  # seconds: a stream the client resets younger than this, handler running, was premature
 
-    def __init__(self, req: H2Request, resp: H2Responder) -> None:
+
+class _Stream:
+    __slots__ = ("premature", "req", "reset", "resp", "started", "task")
+
+    def __init__(self, req: H2Request, resp: H2Responder, started: float) -> None:
         self.req = req
         self.resp = resp
+        self.started = started
         self.task: asyncio.Task[None] | None = None
         self.reset = False  # the peer reset it, or the connection is gone
+        self.premature = False  # the client reset it young while its handler ran
 
 
 class H2ServerProtocol(H2Base):
@@ -95,6 +110,7 @@ class H2ServerProtocol(H2Base):
         self._goaway_last: int | None = None  # set once we said GOAWAY: streams above it are refused
         self._peer_goaway = False
         self._idle: asyncio.TimerHandle | None = None
+        self._resets = ResetRatio()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -128,6 +144,9 @@ class H2ServerProtocol(H2Base):
             if st is not None:
                 st.req.trailers = [(bytes(n), bytes(v)) for n, v in ev.headers or ()]
         elif isinstance(ev, h2.events.StreamReset):
+            st = self.streams.get(ev.stream_id or 0)
+            if st is not None and not st.reset and self.loop.time() - st.started < _PREMATURE:
+                st.premature = True
             self._stream_gone(ev.stream_id, "stream reset by the client")
         elif isinstance(ev, h2.events.WindowUpdated):
             self.wake_window(ev.stream_id or 0)
@@ -197,13 +216,14 @@ class H2ServerProtocol(H2Base):
         cl = headers.get(b"content-length")
         length = int(cl) if cl is not None and cl.isdigit() else None
         req = H2Request(self, sid, method, target, headers, has_body=not ended, content_length=length)
-        st = _Stream(req, H2Responder(self, sid, method))
+        st = _Stream(req, H2Responder(self, sid, method), self.loop.time())
         self.streams[sid] = st
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
         self.server._started()
-        st.task = self.loop.create_task(self._run(sid, st))
+        st.task = task = self.loop.create_task(self._run(sid, st))
+        task.add_done_callback(lambda t: self._stream_done(sid, st, t))
 
     def _quick(self, sid: int, status: int, body: bytes, *, ended: bool) -> None:
         fields_ = [(b":status", b"%d" % status), (b"content-type", b"text/plain; charset=utf-8")]
@@ -233,21 +253,29 @@ class H2ServerProtocol(H2Base):
                     await resp.send(500, b"internal error")
             else:
                 self.reset(sid, INTERNAL_ERROR)
-        finally:
-            self.server._finished()
-            self.streams.pop(sid, None)
-            req._discard()
-            self.forget(sid)
-            if not st.reset and not req._done and resp.ended:
-                # A complete answer to a request whose body is still coming: RFC 9113 8.1 says
-                # RST_STREAM(NO_ERROR) asks the client to stop sending it.
-                self.reset(sid, NO_ERROR)
-            self.flush()
-            if not self.streams:
-                if self._goaway_last is not None or self._peer_goaway:
-                    self._linger()
-                else:
-                    self._arm_idle()
+
+    def _stream_done(self, sid: int, st: _Stream, task: asyncio.Task[None]) -> None:
+        # A done callback, not a finally: a task cancelled before its first step (a stream reset in
+        # the same read as its HEADERS) never runs its coroutine, but its slot must still be freed.
+        self.server._finished()
+        self.streams.pop(sid, None)
+        req, resp = st.req, st.resp
+        if task.cancelled() and not st.reset:
+            self.reset(sid, CANCEL)
+        if not self._resets.record(st.premature):
+            self.fail(ENHANCE_YOUR_CALM, "most streams reset by the client before an answer (rapid reset)")
+        req._discard()
+        self.forget(sid)
+        if not st.reset and not req._done and resp.ended:
+            # A complete answer to a request whose body is still coming: RFC 9113 8.1 says
+            # RST_STREAM(NO_ERROR) asks the client to stop sending it.
+            self.reset(sid, NO_ERROR)
+        self.flush()
+        if not self.streams:
+            if self._goaway_last is not None or self._peer_goaway:
+                self._linger()
+            else:
+                self._arm_idle()
 
     # -- graceful end ----------------------------------------------------------------------------
     def _arm_idle(self) -> None:
@@ -264,7 +292,7 @@ class H2ServerProtocol(H2Base):
         if self._goaway_last is not None or self.closed or self.failed:
             return
         self._goaway_last = self.h2.highest_inbound_stream_id
-        self.flush()
+        self.write_now()
         if self.transport is not None:
             # Written by hand: h2 refuses to send anything on any stream once it has sent a GOAWAY.
             self.transport.write(goaway_frame(self._goaway_last, NO_ERROR))

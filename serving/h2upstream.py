@@ -164,8 +164,8 @@ class _ClientConn(H2Base):
                 s.MAX_FRAME_SIZE: 16384,
             },
             connection_window=pool.connection_window,
-            control_rate=100.0,
-            control_burst=500,
+            control_rate=500.0,
+            control_burst=1000,
             max_write_buffer=4194304,
         )
         self.pool = pool
@@ -214,7 +214,7 @@ class _ClientConn(H2Base):
         if not self.streams and not self.closed:
             self.draining = True
             self.pool._forget(self)
-            self.flush()
+            self.write_now()
             if self.transport is not None:
                 self.transport.write(goaway_frame(0, NO_ERROR))
             self._linger()

@@ -200,3 +200,18 @@ async def test_connection_loss_cancels_every_stream(served: tuple[AutoServer, Ap
     await until(lambda: app.running == 3, what="three handlers running")
     raw.close()
     await until(lambda: app.cancelled == 3 and srv.active == 0, what="all three cancelled")
+
+
+async def test_routine_resets_after_answers_are_not_a_flood(served: tuple[AutoServer, App]) -> None:
+    """A client that resets each stream once answered (gRPC servers do the mirror image) is no attacker."""
+    srv, _ = served
+    raw = await RawH2.connect(srv.port)
+    try:
+        for sid in range(1, 1201, 2):  # 600 streams, 600 RST_STREAMs: more than any flood budget
+            raw.send(raw.request(sid, b"/r"))
+            assert await _body(raw, sid) == b"ok /r"
+            raw.send(_rst(sid, 0))
+        raw.send(raw.request(1201, b"/last"))
+        assert await _body(raw, 1201) == b"ok /last"
+    finally:
+        raw.close()

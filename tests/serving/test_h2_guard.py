@@ -14,6 +14,7 @@ from serving.h2_guard import (
     FrameScanner,
     GoAway,
     GuardError,
+    ResetRatio,
     TokenBucket,
     goaway_frame,
 )
@@ -97,6 +98,24 @@ def test_flood_budget_refills_with_time() -> None:
         sc.feed(ping * 10, float(second))
     with pytest.raises(GuardError):
         sc.feed(ping * 11, 5.0)
+
+
+def test_reset_ratio() -> None:
+    r = ResetRatio(min_streams=10, window=100)
+    assert all(r.record(i % 2 == 1) for i in range(99))  # half and half is tolerated
+    r = ResetRatio(min_streams=10, window=100)
+    assert all(r.record(True) for _ in range(9))  # too few streams to judge
+    assert r.record(True) is False
+    r = ResetRatio(min_streams=10, window=100)
+    for _ in range(10_000):
+        assert r.record(False)
+    results = [r.record(True) for _ in range(200)]  # a long good history decays: the attack shows
+    assert False in results and results.index(False) < 150
+
+
+def test_rst_stream_is_not_rate_limited() -> None:
+    sc = _scanner(burst=1, preface=False)
+    sc.feed(frame(3, 0, 1, b"\x00\x00\x00\x08") * 1000, 0.0)
 
 
 def test_data_frames_with_payload_cost_nothing() -> None:
