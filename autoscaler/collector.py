@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Protocol
 
 from serving.clock import Clock
@@ -106,13 +107,17 @@ class RevisionMetrics:
         self.metric = s.spec.scaling_metric
         self.scrape = s.spec.target_burst_capacity != -1
 
-    def record(self, t: float, stat: Stat) -> None:
+    def record(self, t: float, stat: Stat) -> bool:
+        """Record one stat; False (ignored) when it carries a NaN or infinity, which would stick in a sum."""
         concurrency = stat.average_concurrent_requests - stat.average_proxied_concurrent_requests
         rps = stat.request_count - stat.proxied_request_count
+        if not (math.isfinite(concurrency) and math.isfinite(rps) and math.isfinite(t)):
+            return False
         self.conc.record(t, concurrency)
         self.conc_panic.record(t, concurrency)
         self.rps.record(t, rps)
         self.rps_panic.record(t, rps)
+        return True
 
     def observed(self, t: float) -> tuple[float, float] | None:
         """(stable, panic) averages of the scaling metric at t; None = no data to decide on."""
@@ -157,7 +162,9 @@ class Collector:
         m = self._metrics.get(revision)
         if m is None:
             return False
-        m.record(t, stat)
+        if not m.record(t, stat):
+            log.warning("stat for %s with a non-finite value ignored: %s", revision, stat)
+            return False
         return True
 
     def observed(self, revision: RevisionKey, t: float) -> tuple[float, float] | None:

@@ -211,8 +211,11 @@ class MultiScaler:
             self.record(RevisionKey(ws.namespace, ws.name), ws.stat, now)
 
     def record(self, revision: RevisionKey, stat: Stat, now: float | None = None) -> None:
-        t = stat.timestamp if stat.timestamp else (self._clock.now() if now is None else now)
-        if not self.collector.record(revision, float(t), stat):
+        current = self._clock.now() if now is None else now
+        # Knative records at the stat's own timestamp (0: now). One from the future (a skewed clock)
+        # is taken as now: recorded ahead, it would make every later stat look a window too old.
+        t = min(float(stat.timestamp), current) if stat.timestamp else current
+        if not self.collector.record(revision, t, stat):
             return  # not a revision we scale
         rev = self._revs.get(revision)
         if rev is not None and rev.desired == 0 and stat.average_concurrent_requests != 0:

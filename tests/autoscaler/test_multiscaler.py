@@ -209,3 +209,20 @@ async def test_last_pod_stays_until_the_activator_probe_succeeds() -> None:
     probe.ok = True
     await rig.run(4, 0.0)
     assert rig.replicas == 0
+
+
+async def test_bad_activator_stats_do_not_poison_the_windows() -> None:
+    rig = Rig()
+    rig.ms.upsert(REV, {}, 0, created=True)
+    await rig.run(10, 140.0)
+    nan = float("nan")
+    rig.ms.send(
+        [
+            WireStat(REV.namespace, REV.name, Stat("activator-0", nan, 0, 1.0)),
+            WireStat(REV.namespace, REV.name, Stat("activator-0", 0.0, 0, 0.0, 0, 0, int(T0) + 10_000)),
+        ]
+    )
+    await rig.run(4, 140.0)
+    d = rig.decisions[-1]
+    assert d.time == rig.clock.now()  # decisions go on (a NaN in the sums would make them fail)
+    assert d.valid and d.observed_stable == pytest.approx(140.0)
