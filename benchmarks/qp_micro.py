@@ -1,6 +1,8 @@
 """Micro-benchmark of the queue-proxy's hot path: a real queue-proxy process in front of a trivial upstream.
 
     .venv/bin/python benchmarks/qp_micro.py [--connections 32] [--duration 5] [--cc 0] [--baseline] [--json]
+    .venv/bin/python benchmarks/qp_micro.py --handler-only
+
 
 The upstream is a minimal asyncio server in its own process that answers every request with a fixed
 2-byte body. The load client (this process, on uvloop) keeps ``--connections`` keep-alive connections
@@ -8,6 +10,9 @@ busy, one request at a time each, for ``--duration`` seconds (and at most ``--ma
 requests per second and the CPU time the queue-proxy process spent per request (user + system, from
 psutil), which is the number the performance issue's goal (<= 30 us/request) is about. ``--baseline``
 also measures the upstream alone, for the cost of the client and the upstream themselves.
+``--handler-only`` times the queue-proxy's own handler in-process (probe routing, stats, drain
+bookkeeping, timeouts, breaker, metrics, header rewrite) around a forward that does nothing, which
+separates its cost from the HTTP engine's.
 """
 
 from __future__ import annotations
@@ -163,6 +168,83 @@ def measure(port: int, pid: int, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def handler_only() -> dict[str, float]:
+    """Microseconds per request of QueueHandler alone, best of 7 rounds, per configuration."""
+    import uvloop
+    from prometheus_client import CollectorRegistry
+
+    from queueproxy.handler import QueueHandler, Timeouts
+    from queueproxy.usermetrics import UserMetrics
+    from serving.breaker import Breaker
+    from serving.clock import FakeClock
+    from serving.drain import Drainer
+    from serving.httpserver import Headers
+    from serving.stats import RequestStats
+
+    class Req:
+        method = b"GET"
+        target = b"/"
+        headers = Headers([(b"host", b"app"), (b"user-agent", b"bench"), (b"accept", b"*/*")])
+
+    class Resp:
+        started = True
+        status = 200
+        last_write = 0.0
+
+    class Drain:
+        def __init__(self) -> None:
+            self.d = Drainer(30, 300, FakeClock())
+
+        @property
+        def draining(self) -> bool:
+            return self.d.draining
+
+        def request_started(self) -> None:
+            self.d.request_started()
+
+        def request_finished(self) -> None:
+            self.d.request_finished()
+
+    class Ready:
+        async def check(self) -> bool:
+            return True
+
+    async def nop_forward(req: object, resp: object, upstream: object, headers: object) -> int:
+        return 200
+
+    def metrics() -> UserMetrics:
+        return UserMetrics(CollectorRegistry(), namespace="n", service="s", configuration="c", revision="r")
+
+    configs = {
+        "bare (no timeouts, no breaker, no metrics)": {"timeouts": Timeouts(0)},
+        "default (total timeout, user metrics)": {"metrics": metrics()},
+        "cc=10 (breaker too)": {"metrics": metrics(), "breaker": Breaker(100, 10)},
+    }
+
+    async def run() -> dict[str, float]:
+        out = {}
+        for name, kw in configs.items():
+            h = QueueHandler(
+                upstream=None,  # type: ignore[arg-type]
+                stats=RequestStats(time.monotonic()),
+                drain=Drain(),
+                readiness=Ready(),
+                forward_fn=nop_forward,
+                **kw,
+            )
+            req, resp = Req(), Resp()
+            best = float("inf")
+            for _ in range(7):
+                t = time.perf_counter()
+                for _ in range(20000):
+                    await h(req, resp)  # type: ignore[arg-type]
+                best = min(best, (time.perf_counter() - t) / 20000 * 1e6)
+            out[name] = round(best, 2)
+        return out
+
+    return uvloop.run(run())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--connections", type=int, default=32)
@@ -171,7 +253,17 @@ def main() -> int:
     p.add_argument("--cc", type=int, default=0, help="CONTAINER_CONCURRENCY of the queue-proxy")
     p.add_argument("--baseline", action="store_true", help="also measure the upstream alone")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--handler-only", action="store_true", help="time the handler alone, in-process")
     args = p.parse_args()
+    if args.handler_only:
+        sys.path.insert(0, str(ROOT))
+        res = handler_only()
+        if args.json:
+            print(json.dumps({"handler_us_per_request": res}))
+        else:
+            for name, us in res.items():
+                print(f"{name:>45}: {us:6.2f} us/request")
+        return 0
 
     up_port, qp_port = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
