@@ -215,3 +215,22 @@ async def test_routine_resets_after_answers_are_not_a_flood(served: tuple[AutoSe
         assert await _body(raw, 1201) == b"ok /last"
     finally:
         raw.close()
+
+
+async def test_reset_in_the_same_read_as_the_request_frees_the_slot(served: tuple[AutoServer, App]) -> None:
+    srv, app = served
+    raw = await RawH2.connect(srv.port)
+    try:
+        raw.send(b"".join(raw.request(sid, b"/hold") + _rst(sid) for sid in range(1, 101, 2)))  # 50
+        await until(lambda: len(srv.h2.connections) == 1, what="connected")
+        conn = next(iter(srv.h2.connections))
+        await until(
+            lambda: conn.h2.highest_inbound_stream_id == 99 and srv.active == 0,
+            what="the 50 reset streams freed",
+        )
+        raw.send(b"".join(raw.request(sid, b"/hold") for sid in range(101, 301, 2)))  # 100 more
+        await until(lambda: app.running == 100, what="all 100 slots usable again")
+        app.release.set()
+        await until(lambda: srv.active == 0, what="answered")
+    finally:
+        raw.close()
