@@ -21,6 +21,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from cluster.k8s_endpoints import ActivatorPeers, KubeEndpointSource
+from cluster.k8s_names import AUTOSCALER
 from cluster.kubernetes import ActivatorBackend, load_client, pod_identity, system_namespace
 from serving.types import Endpoint, RevisionKey
 
@@ -120,6 +121,8 @@ class KubeActivatorBackend:
     ) -> None:
         self.namespace = namespace
         self.own_ip = own_ip
+        # where to stream stats: the autoscaler Service, as Knative's activator finds its autoscaler
+        self.autoscaler_url = f"ws://{AUTOSCALER}.{namespace}.svc:8080"
         self._kubeconfig = kubeconfig
         self._connect = connect
         self._informer_kwargs = informer_kwargs

@@ -77,6 +77,7 @@ class Informer:
         watch_timeout: float = 300.0,
         resync_period: float = 600.0,
         relist_after_failures: int = 3,
+        request_timeout: float = 60.0,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         clock: Clock | None = None,
@@ -94,6 +95,7 @@ class Informer:
         self.watch_timeout = watch_timeout
         self.resync_period = resync_period
         self.relist_after_failures = relist_after_failures
+        self.request_timeout = request_timeout
         self._backoff = backoff or Backoff(1.0, 60.0, rng or random.Random())
         self._clock = clock or MonotonicClock()
         self._sleep = sleep
@@ -125,7 +127,9 @@ class Informer:
                 log.exception("%s: change handler failed", self.name)
 
     async def list_once(self) -> None:
-        resp = await self._list_fn(*self._args, **self._selectors, _preload_content=False)
+        resp = await self._list_fn(
+            *self._args, **self._selectors, _preload_content=False, _request_timeout=self.request_timeout
+        )
         try:
             if not 200 <= resp.status < 300:
                 raise await api_exception_from_response(resp)

@@ -54,7 +54,13 @@ def _env_ref(name: str, path: str) -> dict[str, Any]:
 
 
 def _component(
-    name: str, namespace: str, image: str, ports: list[tuple[str, int]], probe_port: int, replicas: int
+    name: str,
+    namespace: str,
+    image: str,
+    ports: list[tuple[str, int]],
+    probe_port: int,
+    replicas: int,
+    grace_seconds: int,
 ) -> dict[str, Any]:
     labels = {**SYSTEM_LABELS, "app.kubernetes.io/name": name}
     container = {
@@ -78,13 +84,15 @@ def _component(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            # a new pod is ready before an old one goes: a rollout never leaves fewer replicas serving
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": name,
                     "containers": [container],
-                    # SIGTERM drains (health fails, in-flight requests finish); give it Knative's margin
-                    "terminationGracePeriodSeconds": 300 if name == ACTIVATOR else 30,
+                    # SIGTERM drains: health fails, in-flight requests finish
+                    "terminationGracePeriodSeconds": grace_seconds,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": NON_ROOT_UID,
@@ -135,12 +143,16 @@ def system_manifests(
     *,
     activator_replicas: int = 1,
     autoscaler_replicas: int = 1,
+    max_revision_timeout_seconds: int = 600,
 ) -> list[dict[str, Any]]:
     """ServiceAccounts, Roles, RoleBindings, Deployments and Services of the two cluster components.
 
     The gateway/activator listens on 8012 (http1) and 8013 (h2c) like Knative's; its Service
     ``zeroscale-activator`` is where traffic enters (port 80). The autoscaler takes activator stats
     on 8080 (websocket) and serves Prometheus metrics on 9090.
+
+    The activator's termination grace is config-defaults' max-revision-timeout-seconds, as Knative
+    learnt to set it (knative/serving PR 8623): a draining activator may hold a request that long.
     """
     out: list[dict[str, Any]] = []
     out += _rbac(ACTIVATOR, namespace, ACTIVATOR_RULES)
@@ -153,6 +165,7 @@ def system_manifests(
             [("http1", 8012), ("h2c", 8013), ("metrics", 9090)],
             8012,
             activator_replicas,
+            max_revision_timeout_seconds,
         )
     )
     out.append(_service(ACTIVATOR, namespace, [("http", 80, 8012), ("h2c", 81, 8013)]))
@@ -164,6 +177,7 @@ def system_manifests(
             [("websocket", 8080), ("metrics", 9090)],
             8080,
             autoscaler_replicas,
+            30,
         )
     )
     out.append(_service(AUTOSCALER, namespace, [("http", 8080, 8080), ("http-metrics", 9090, 9090)]))

@@ -103,7 +103,10 @@ def build(
                     f"in {ns}",
                     file=sys.stderr,
                 )
-    docs = system_manifests(ns, image_prefix, version)
+    defaults = DefaultsConfig.from_mapping(configmaps.get("config-defaults", {}))
+    docs = system_manifests(
+        ns, image_prefix, version, max_revision_timeout_seconds=defaults.max_revision_timeout_seconds
+    )
     docs.append(
         routes_configmap(
             ns,

@@ -41,6 +41,7 @@ async def server() -> AsyncIterator[FakeApiServer]:
 def test_make_backend_reads_the_pod_environment() -> None:
     b = make_backend({"SYSTEM_NAMESPACE": "zs", "POD_IP": "10.2.0.9"})
     assert (b.namespace, b.own_ip) == ("zs", "10.2.0.9")
+    assert b.autoscaler_url == "ws://zeroscale-autoscaler.zs.svc:8080"
 
 
 async def test_early_subscribers_peers_and_routes(server: FakeApiServer) -> None:

@@ -274,3 +274,17 @@ def test_render_rejects_a_mixed_namespace_build_without_flag() -> None:
         render(
             SERVICE.replace("metadata: {name: grpc, namespace: demo}", "metadata: {name: grpc, namespace: x}")
         )
+
+
+def test_the_activator_may_drain_as_long_as_the_longest_revision_timeout() -> None:
+    """Knative raised the activator's grace to max-revision-timeout-seconds (knative/serving PR 8623)."""
+    docs = render(config={"config-defaults": {"max-revision-timeout-seconds": "900"}})
+    act = by_kind(docs, "Deployment")["zeroscale-activator"]
+    assert act["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
+    assert act["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert (
+        by_kind(render(), "Deployment")["zeroscale-activator"]["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ]
+        == 600
+    )
