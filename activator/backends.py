@@ -176,6 +176,12 @@ class RevisionBackends:
             self._publish()
         self._ensure_probing()
 
+    def suspect(self, endpoint: Endpoint) -> None:
+        """A pod refused a connection: no new requests until a probe passes again."""
+        if self._healthy.pop(endpoint.address, None) is not None:
+            self._publish()
+            self._ensure_probing()
+
     def _publish(self) -> None:
         self._on_healthy(sorted(self._healthy.values(), key=lambda e: e.address))
 

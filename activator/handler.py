@@ -1,0 +1,311 @@
+"""The activator's request path: count, time out, throttle, forward to a pod, mark cold starts.
+
+For each request of a known revision, in order: the concurrency reporter counts it (the first one of an
+idle revision pokes the autoscaler), the sweeper arms the revision's timeouts (504 ``activator request
+timeout``), the throttler holds it until a pod has room (503 when 10,000 already wait), and it goes to
+that pod's queue-proxy with ``K-Proxy-Request: activator`` and its Host kept in ``K-Original-Host``.
+A pod that refuses the connection before anything was sent is set aside for re-probing and the
+request tries another pod. A response that waited for a cold start carries
+``X-Zeroscale-Cold-Start: <seconds>`` and the wait goes into a histogram per revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from serving.errors import QueueFullError
+from serving.headers import (
+    COLD_START,
+    K_ORIGINAL_HOST,
+    K_PROXY_REQUEST,
+    SERVING_NAMESPACE,
+    SERVING_REVISION,
+)
+from serving.httpserver import Request, Responder
+from serving.types import Endpoint, RevisionKey
+from serving.upstream import Upstream, UpstreamError, forward
+
+from .backends import EndpointSource, Prober, RevisionBackends
+from .reporter import ConcurrencyReporter
+from .throttler import QUEUE_DEPTH, PodTracker, RevisionThrottler
+from .timeouts import RequestTimeouts, Sweeper
+
+__all__ = ["COLD_START_BUCKETS", "Activator", "RevisionSettings"]
+
+log = logging.getLogger("zeroscale.activator")
+
+COLD_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_DROP_TOWARD_POD = frozenset({SERVING_REVISION, SERVING_NAMESPACE, K_PROXY_REQUEST, b"host"})
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionSettings:
+    """What the activator needs to know of a revision (Knative reads it from the Revision object)."""
+
+    container_concurrency: int = 0
+    timeouts: RequestTimeouts = field(default_factory=RequestTimeouts)
+
+
+class _Revision:
+    __slots__ = ("backends", "direct", "key", "settings", "throttler", "unsubscribe")
+
+    def __init__(self, key: RevisionKey, settings: RevisionSettings, throttler: RevisionThrottler) -> None:
+        self.key = key
+        self.settings = settings
+        self.throttler = throttler
+        self.backends: RevisionBackends | None = None
+        self.unsubscribe: Any = None
+        self.direct: Iterator[int] = itertools.count()
+
+
+class _Marked:
+    """A Responder that adds the cold-start header to whatever head goes out (forward or send)."""
+
+    __slots__ = ("_extra", "_resp")
+
+    def __init__(self, resp: Responder, extra: list[tuple[bytes, bytes]]) -> None:
+        self._resp = resp
+        self._extra = extra
+
+    async def start(self, status: int, headers: Any = (), reason: bytes | None = None, **kw: Any) -> None:
+        await self._resp.start(status, [*headers, *self._extra], reason, **kw)
+
+    async def send(self, status: int, body: bytes | str = b"", headers: Any = (), **kw: Any) -> None:
+        await self._resp.send(status, body, [*headers, *self._extra], **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._resp, name)
+
+
+def toward_pod(headers: Sequence[tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
+    """Knative's activator rewrite: Host kept in K-Original-Host, routing headers removed, marked."""
+    out = [(n, v) for n, v in headers if n not in _DROP_TOWARD_POD]
+    if host and not any(n == K_ORIGINAL_HOST for n, _ in out):
+        out.append((K_ORIGINAL_HOST, host))
+    out.append((K_PROXY_REQUEST, b"activator"))
+    return out
+
+
+def _connect_failure(e: UpstreamError) -> bool:
+    # The engine raises "dial tcp ..." when the TCP connect itself failed: nothing reached the pod.
+    return isinstance(e.__cause__, OSError | TimeoutError) and str(e).startswith("dial tcp")
+
+
+class Activator:
+    def __init__(
+        self,
+        endpoints: EndpointSource,
+        reporter: ConcurrencyReporter,
+        *,
+        registry: CollectorRegistry | None = None,
+        prober: Prober | None = None,
+        rng: random.Random | None = None,
+        queue_depth: int = QUEUE_DEPTH,
+        sweep_interval: float = 0.1,
+        connect_retries: int = 2,
+    ) -> None:
+        self._source = endpoints
+        self.reporter = reporter
+        self._prober = prober
+        self._rng = rng or random.Random()
+        self._queue_depth = queue_depth
+        self._connect_retries = connect_retries
+        self._revs: dict[RevisionKey, _Revision] = {}
+        self._activators = (1, 0)
+        self.sweeper = Sweeper(sweep_interval)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.cold_starts = Histogram(
+            "zeroscale_activator_cold_start_seconds",
+            "Time requests waited for a revision with no pod to get one",
+            ["namespace", "revision"],
+            buckets=COLD_START_BUCKETS,
+            registry=self.registry,
+        )
+        self.responses = Counter(
+            "zeroscale_activator_requests",
+            "Requests the activator answered, by status code",
+            ["namespace", "revision", "code"],
+            registry=self.registry,
+        )
+        self.registry.register(_ThrottlerCollector(self))
+
+    # -- revisions -------------------------------------------------------------------------------
+    def add_revision(self, key: RevisionKey, settings: RevisionSettings | None = None) -> None:
+        """Start tracking a revision's pods (idempotent; settings of a known revision are kept)."""
+        if key in self._revs:
+            return
+        settings = settings or RevisionSettings()
+        throttler = RevisionThrottler(
+            key,
+            settings.container_concurrency,
+            rng=random.Random(self._rng.random()),
+            queue_depth=self._queue_depth,
+            on_pod_gone=self._pod_gone,
+        )
+        throttler.update_activators(*self._activators)
+        rev = _Revision(key, settings, throttler)
+        rev.backends = RevisionBackends(key, throttler.update_pods, self._prober)
+        self._revs[key] = rev
+        rev.unsubscribe = self._source.subscribe(key, rev.backends.update)
+
+    async def remove_revision(self, key: RevisionKey) -> None:
+        rev = self._revs.pop(key, None)
+        if rev is None:
+            return
+        if rev.unsubscribe is not None:
+            rev.unsubscribe()
+        if rev.backends is not None:
+            await rev.backends.close()
+        rev.throttler.update_pods([])  # in-flight requests finish; their pools close after them
+
+    def has_revision(self, key: RevisionKey) -> bool:
+        return key in self._revs
+
+    def revisions(self) -> list[RevisionKey]:
+        return list(self._revs)
+
+    def set_activators(self, count: int, index: int) -> None:
+        self._activators = (max(1, count), index)
+        for rev in self._revs.values():
+            rev.throttler.update_activators(*self._activators)
+
+    def healthy(self, key: RevisionKey) -> list[Endpoint]:
+        rev = self._revs.get(key)
+        return [] if rev is None else [p.endpoint for p in rev.throttler.pods]
+
+    def throttler(self, key: RevisionKey) -> RevisionThrottler | None:
+        rev = self._revs.get(key)
+        return None if rev is None else rev.throttler
+
+    def _pod_gone(self, pod: PodTracker) -> None:
+        up = pod.attachment
+        pod.attachment = None
+        if up is not None:
+            asyncio.get_running_loop().create_task(up.close())
+
+    @staticmethod
+    def _upstream(pod: PodTracker) -> Upstream:
+        up = pod.attachment
+        if up is None:
+            up = pod.attachment = Upstream(pod.endpoint.host, pod.endpoint.port)
+        return cast(Upstream, up)
+
+    # -- the request path ------------------------------------------------------------------------
+    async def dispatch(
+        self, key: RevisionKey, req: Request, resp: Responder, headers: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        """Hold ``req`` until a pod of ``key`` has room, then forward it there."""
+        rev = self._revs.get(key)
+        if rev is None:
+            await resp.send(404, f"Error getting active endpoint: revision {key} not found\n")
+            return
+        start = time.monotonic()
+        self.reporter.request_in(key)
+        entry = self.sweeper.track(resp, start, rev.settings.timeouts)
+        try:
+            status = await self._throttled(rev, req, resp, toward_pod(headers, req.host), start)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if entry.fired is None or task is None:
+                raise  # the client went away
+            task.uncancel()
+            status = 504
+            if resp.started:
+                resp.abort()
+            else:
+                await resp.send(504, b"activator request timeout")
+        finally:
+            self.sweeper.untrack(entry)
+            self.reporter.request_out(key)
+        self.responses.labels(key.namespace, key.name, str(status)).inc()
+
+    async def _throttled(
+        self, rev: _Revision, req: Request, resp: Responder, headers: list[tuple[bytes, bytes]], start: float
+    ) -> int:
+        throttler = rev.throttler
+        cold = not throttler.has_pods
+        out: Responder = resp
+        failures = 0
+        while True:
+            try:
+                pod = await throttler.acquire()
+            except QueueFullError as e:
+                await out.send(503, f"{e}\n")
+                return 503
+            try:
+                if cold and out is resp:
+                    waited = time.monotonic() - start
+                    self.cold_starts.labels(rev.key.namespace, rev.key.name).observe(waited)
+                    out = cast(Responder, _Marked(resp, [(COLD_START, b"%.3f" % waited)]))
+                return await forward(req, out, self._upstream(pod), headers)
+            except UpstreamError as e:
+                if e.started or resp.started:
+                    return 502  # forward already aborted the client connection
+                if _connect_failure(e) and failures < self._connect_retries:
+                    failures += 1
+                    log.warning("pod %s of %s refused the connection; trying another", pod.address, rev.key)
+                    if rev.backends is not None:
+                        rev.backends.suspect(pod.endpoint)
+                    continue
+                await out.send(502, f"pod {pod.endpoint.pod_name} of {rev.key}: {e}\n")
+                return 502
+            finally:
+                throttler.release(pod)
+
+    async def forward_direct(
+        self, key: RevisionKey, req: Request, resp: Responder, headers: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        """Serve mode (the autoscaler took the activator out of the path): straight to a healthy pod,
+        round robin; the pod's queue-proxy enforces the concurrency. No pod yet: the throttled path."""
+        rev = self._revs.get(key)
+        pods = rev.throttler.pods if rev is not None else []
+        if rev is None or not pods:
+            await self.dispatch(key, req, resp, headers)
+            return
+        pod = pods[next(rev.direct) % len(pods)]
+        out = [(n, v) for n, v in headers if n not in (SERVING_REVISION, SERVING_NAMESPACE)]
+        try:
+            await forward(req, resp, self._upstream(pod), out)
+        except UpstreamError as e:
+            if not e.started and not resp.started:
+                await resp.send(502, f"pod {pod.endpoint.pod_name} of {key}: {e}\n")
+
+    async def close(self) -> None:
+        for key in list(self._revs):
+            await self.remove_revision(key)
+
+
+class _ThrottlerCollector(Collector):
+    """Queue depth, active requests and healthy pods per revision, read at scrape time."""
+
+    def __init__(self, activator: Activator) -> None:
+        self._a = activator
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["namespace", "revision"]
+        queued = GaugeMetricFamily(
+            "zeroscale_activator_request_queued", "Requests waiting for a pod", labels=labels
+        )
+        active = GaugeMetricFamily(
+            "zeroscale_activator_request_active", "Requests proxied to a pod now", labels=labels
+        )
+        pods = GaugeMetricFamily("zeroscale_activator_healthy_pods", "Pods probed healthy", labels=labels)
+        for key, rev in list(self._a._revs.items()):
+            t = rev.throttler
+            queued.add_metric([key.namespace, key.name], t.queued)
+            active.add_metric([key.namespace, key.name], t.in_flight - t.queued)
+            pods.add_metric([key.namespace, key.name], len(t.pods))
+        yield queued
+        yield active
+        yield pods

@@ -1,0 +1,103 @@
+"""Per-revision request timeouts in the activator, checked by one sweeper rather than a timer each.
+
+Knative's activator applies the revision's ``timeoutSeconds`` (whole request, waiting in the queue
+included), ``responseStartTimeoutSeconds`` (until the response head) and ``idleTimeoutSeconds`` (since
+the last byte to the client), falling back to 300 / 300 / 0 s; 0 turns one off. With 10,000 requests
+queued for a cold revision, one sweep every 100 ms over a set costs less than 10,000 loop timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Progress", "RequestTimeouts", "Sweeper", "Tracked", "which_expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTimeouts:
+    total: float = 300.0
+    response_start: float = 300.0
+    idle: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("total", "response_start", "idle"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"timeout {name} must be >= 0 seconds, got {getattr(self, name)}")
+
+
+class Progress(Protocol):
+    started: bool
+    status: int | None
+    last_write: float
+
+
+def which_expired(t: RequestTimeouts, start: float, resp: Progress, now: float) -> str | None:
+    """Which timeout has run out at ``now``: "total", "response-start", "idle" or None."""
+    if t.total and now - start >= t.total:
+        return "total"
+    if t.response_start and not resp.started and now - start >= t.response_start:
+        return "response-start"
+    # After a 101 the engine sees one direction of the tunnel only: no idle timeout on websockets.
+    if t.idle and resp.status != 101 and now - max(start, resp.last_write) >= t.idle:
+        return "idle"
+    return None
+
+
+class Tracked:
+    __slots__ = ("fired", "resp", "start", "task", "timeouts")
+
+    def __init__(self, task: asyncio.Task[object] | None, resp: Progress, start: float, t: RequestTimeouts):
+        self.task = task
+        self.resp = resp
+        self.start = start
+        self.timeouts = t
+        self.fired: str | None = None
+
+
+class Sweeper:
+    """Cancels the task of every tracked request past one of its timeouts; runs only while needed."""
+
+    __slots__ = ("_active", "_task", "interval")
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self._active: set[Tracked] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def track(self, resp: Progress, start: float, t: RequestTimeouts) -> Tracked:
+        entry = Tracked(asyncio.current_task(), resp, start, t)
+        if t.total or t.response_start or t.idle:
+            self._active.add(entry)
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._run())
+        return entry
+
+    def untrack(self, entry: Tracked) -> None:
+        self._active.discard(entry)
+
+    def sweep(self, now: float) -> int:
+        hits = []
+        for entry in self._active:
+            kind = which_expired(entry.timeouts, entry.start, entry.resp, now)
+            if kind is not None:
+                entry.fired = kind
+                hits.append(entry)
+        for entry in hits:
+            self._active.discard(entry)
+            if entry.task is not None:
+                entry.task.cancel()
+        return len(hits)
+
+    async def _run(self) -> None:
+        try:
+            while self._active:
+                await asyncio.sleep(self.interval)
+                self.sweep(time.monotonic())
+        finally:
+            self._task = None

@@ -1,0 +1,88 @@
+"""The gateway's request handler: Host (and tag) -> route -> revision -> a dispatcher.
+
+Unknown hosts get 404 here and go nowhere else. Headers that only the data plane may set
+(``Knative-Serving-*``, ``K-*``) are dropped from what the client sent, so a client cannot name a
+revision its route does not name; the gateway then sets ``Knative-Serving-Revision`` and
+``Knative-Serving-Namespace`` itself from the route's pick, and appends the client's address to
+``X-Forwarded-For``. What happens next (the activator, or straight to a pod) is the dispatcher's
+business: the composition provides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from serving.headers import (
+    SERVING_NAMESPACE,
+    SERVING_REVISION,
+    SERVING_TAG,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    is_internal_header,
+)
+from serving.httpserver import Request, Responder
+from serving.types import RevisionKey
+
+from .table import TableHolder
+
+__all__ = ["Dispatcher", "Gateway", "clean_headers"]
+
+
+class Dispatcher(Protocol):
+    async def dispatch(
+        self, revision: RevisionKey, req: Request, resp: Responder, headers: Sequence[tuple[bytes, bytes]]
+    ) -> None: ...
+
+
+def clean_headers(
+    items: Sequence[tuple[bytes, bytes]], revision: RevisionKey, client: tuple[str, int] | None
+) -> list[tuple[bytes, bytes]]:
+    """The request's headers as they go inward: internal ones dropped, routing ones set."""
+    out: list[tuple[bytes, bytes]] = []
+    xff: bytes | None = None
+    proto = False
+    for name, value in items:
+        if is_internal_header(name):
+            continue
+        if name == X_FORWARDED_FOR:
+            xff = value if xff is None else xff + b", " + value
+            continue
+        if name == X_FORWARDED_PROTO:
+            proto = True
+        out.append((name, value))
+    if client is not None:
+        ip = client[0].encode()
+        xff = ip if xff is None else xff + b", " + ip
+    if xff is not None:
+        out.append((X_FORWARDED_FOR, xff))
+    if not proto:
+        out.append((X_FORWARDED_PROTO, b"http"))
+    out.append((SERVING_REVISION, revision.name.encode()))
+    out.append((SERVING_NAMESPACE, revision.namespace.encode()))
+    return out
+
+
+class Gateway:
+    """An engine handler over the current routing table snapshot."""
+
+    __slots__ = ("_dispatcher", "_holder", "not_found")
+
+    def __init__(self, holder: TableHolder, dispatcher: Dispatcher) -> None:
+        self._holder = holder
+        self._dispatcher = dispatcher
+        self.not_found = 0
+
+    async def __call__(self, req: Request, resp: Responder) -> None:
+        table = self._holder.current  # one snapshot for the whole request
+        host = req.host.decode("latin-1")
+        tag = req.headers.get(SERVING_TAG)
+        route = table.lookup(host, tag.decode("latin-1") if tag else None)
+        if route is None:
+            self.not_found += 1
+            await resp.send(404, f"no route for host {host!r}\n")
+            return
+        revision = route.pick()
+        await self._dispatcher.dispatch(
+            revision, req, resp, clean_headers(req.headers.items, revision, req.client)
+        )
