@@ -185,6 +185,8 @@ class UpPlane:
             ) from None
 
     def _effects(self, fx: Effects) -> None:
+        for line in fx.events:
+            log.info("%s", line)
         reachable = self.reconciler.reachable()
         added = {r.key for r in fx.added}
         for rev in fx.added:
@@ -197,8 +199,6 @@ class UpPlane:
                 ms.upsert(key, t.annotations, t.container_concurrency, reachable=reach)
         if fx.routes_changed:
             self.holder.swap(self.reconciler.table())
-        for line in fx.events:
-            log.info("%s", line)
         for rev in fx.removed:
             self._stop_revision(rev)
         if fx.routes_changed:
@@ -251,7 +251,8 @@ class UpPlane:
         was = self._panic.get(d.revision, False)
         if d.in_panic != was:
             self._panic[d.revision] = d.in_panic
-            obs = "-" if d.observed_panic is None else f"{d.observed_panic:.1f}"
+            value = d.observed_panic if d.in_panic else d.observed_stable
+            obs = "-" if value is None else f"{value:.1f}"
             state = "on" if d.in_panic else "off"
             log.info(
                 "revision %s: panic mode %s (concurrency %s, target %g per pod)",
