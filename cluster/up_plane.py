@@ -31,9 +31,9 @@ from serving.spec import Revision, Service, check_local, parse_services
 from serving.types import Endpoint, RevisionKey
 
 from .control import ControlServer
+from .gateway_app import GatewayApp
 from .local import LocalRuntime, PodSettings, PodState, UnknownRevisionError
 from .reconciler import Effects, Reconciler
-from .up_gateway import LocalGateway
 
 __all__ = ["UpPlane"]
 
@@ -79,7 +79,7 @@ class UpPlane:
         self.autoscaler_config: AutoscalerConfig | None = None
         self.multiscaler: MultiScaler | None = None
         self.scraper: PodScraper | None = None
-        self.gateway: LocalGateway | None = None
+        self.gateway: GatewayApp | None = None
         self.control: ControlServer | None = None
         self.port = 0
         self.admin_port = 0
@@ -103,7 +103,7 @@ class UpPlane:
         )
         ms.add_listener(self._on_decision)
         _, fx = self.reconciler.apply(services, _now())
-        self.gateway = LocalGateway(self.holder, self.runtime, ms.send)
+        self.gateway = GatewayApp(self.holder, self.runtime, ms.send)
         self.port = await self.gateway.start(host, port)
         self.control = ControlServer(self, host, admin_port)
         self.admin_port = await self.control.start()
@@ -208,7 +208,13 @@ class UpPlane:
         key, t = rev.key, rev.template
         assert self.multiscaler is not None and self.gateway is not None
         self.runtime.add_revision(rev)
-        self.gateway.add_revision(key, t.container_concurrency)
+        self.gateway.add_revision(
+            key,
+            t.container_concurrency,
+            timeout_seconds=t.timeout_seconds,
+            response_start_timeout_seconds=t.response_start_timeout_seconds or None,
+            idle_timeout_seconds=t.idle_timeout_seconds,
+        )
         self._unsubscribe[key] = self.runtime.subscribe(key, functools.partial(self._on_endpoints, key))
         scaling = self.multiscaler.upsert(
             key, t.annotations, t.container_concurrency, reachable=reachable, created=True
