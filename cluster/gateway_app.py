@@ -369,7 +369,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _amain(args: argparse.Namespace, cfg: ActivatorConfig) -> None:
-    sink: WebsocketSink | None = WebsocketSink(cfg.autoscaler_url) if cfg.autoscaler_url else None
+    url = cfg.autoscaler_url
+    kb = None
+    if args.backend == "kubernetes":
+        from cluster.k8s_activator import make_backend
+
+        kb = make_backend(os.environ)
+        if not os.environ.get("AUTOSCALER_URL"):
+            url = kb.autoscaler_url  # the autoscaler Service in the system namespace
+    sink: WebsocketSink | None = WebsocketSink(url) if url else None
     send: Callable[[list[WireStat]], None] | StatSink = sink if sink is not None else (lambda _stats: None)
     holder = TableHolder()
     tasks: list[asyncio.Task[Any]] = []
@@ -382,9 +390,7 @@ async def _amain(args: argparse.Namespace, cfg: ActivatorConfig) -> None:
         await fb.load(app)
         tasks.append(loop.create_task(fb.run(app)))
     else:
-        from cluster.k8s_activator import make_backend
-
-        kb = make_backend(os.environ)
+        assert kb is not None
         app = GatewayApp(
             holder,
             kb.endpoints,
