@@ -3,11 +3,12 @@ with serving.upstream.forward's contract.
 
 One connection carries up to its peer's SETTINGS_MAX_CONCURRENT_STREAMS streams (capped at
 ``max_streams_per_connection``); when all are busy another connection is dialled, one dial at a time
-shared by everyone waiting. Response DATA is credited back to the upstream only as it is read, i.e.
-as fast as the client takes it: a slow reader slows the app, and a stream never buffers more than
-``stream_window`` bytes. A stream refused by the upstream (RST_STREAM REFUSED_STREAM, or above the
-last-stream-id of its GOAWAY) was never processed, so it is retried once on another connection when no
-request body byte has been consumed yet.
+shared by everyone waiting. Response DATA is credited back to the stream's window only as it is read,
+i.e. as fast as the client takes it: a slow reader slows the app, and a stream never buffers more than
+``stream_window`` bytes (the connection window is credited on arrival, so that one stalled stream
+cannot stop the others sharing its connection). A stream refused by the upstream (RST_STREAM
+REFUSED_STREAM, or above the last-stream-id of its GOAWAY) was never processed, so it is retried once
+on another connection when no request body byte has been consumed yet.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 from collections import deque
 
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -27,6 +29,13 @@ from .httpserver import Request, Responder
 from .upstream import UpstreamError, strip_hop_by_hop
 
 __all__ = ["H2Upstream", "forward_h2"]
+
+
+def _code_name(code: int) -> str:
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"error code {code}"
 
 
 class _Refused(ConnectionResetError):
@@ -241,9 +250,9 @@ class _ClientConn(H2Base):
                 st.wake()
         elif isinstance(ev, h2.events.StreamReset):
             if st is not None:
-                code = ev.error_code
+                code = int(ev.error_code or 0)
                 err = _Refused if code == REFUSED_STREAM else ConnectionResetError
-                st.fail(err(f"upstream reset the stream ({code!s})"))
+                st.fail(err(f"upstream reset the stream ({_code_name(code)})"))
             self.wake_window(sid)
         elif isinstance(ev, h2.events.WindowUpdated):
             self.wake_window(sid)
@@ -329,14 +338,14 @@ class H2Upstream:
         self._conns.append(conn)
         return conn
 
-    async def connection(self) -> _ClientConn:
-        """A connection with a free stream slot, dialling one (shared by all who wait) if none has."""
+    async def connection(self, avoid: _ClientConn | None = None) -> _ClientConn:
+        """A connection (not ``avoid``) with a free stream slot, else a new one (one dial shared by all)."""
         useless = 0
         while True:
             if self._closed:
                 raise UpstreamError(f"upstream pool {self.host}:{self.port} is closed")
             for conn in self._conns:
-                if conn.capacity() > 0:
+                if conn is not avoid and conn.capacity() > 0:
                     return conn
             task = self._dialing
             if task is None:
@@ -423,8 +432,10 @@ async def forward_h2(
     fields = _request_fields(req, headers, target, upstream)
     has_body = req.has_body
     where = f"upstream {upstream.host}:{upstream.port}"
+    refused_by: _ClientConn | None = None
     for attempt in (0, 1):
-        conn = await upstream.connection()
+        conn = await upstream.connection(avoid=refused_by)
+        refused_by = conn
         try:
             st = conn.open(fields, end_stream=not has_body)
         except (StreamGone, _Refused) as e:
