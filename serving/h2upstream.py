@@ -15,271 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-
-from .h2_conn import H2Base, StreamGone
-from .h2_guard import CANCEL, NO_ERROR, REFUSED_STREAM, GoAway, goaway_frame
+from .h2_client import H2ClientConn, H2ClientStream, Refused
+from .h2_conn import StreamGone
+from .h2_guard import CANCEL
 from .h2_stream import h2_fields
 from .httpserver import Request, Responder
 from .upstream import UpstreamError, strip_hop_by_hop
 
 __all__ = ["H2Upstream", "forward_h2"]
-
-
-def _code_name(code: int) -> str:
-    try:
-        return h2.errors.ErrorCodes(code).name
-    except ValueError:
-        return f"error code {code}"
-
-
-class _Refused(ConnectionResetError):
-    """The upstream did not process the stream: safe to send again."""
-
-
-class _ClientStream:
-    __slots__ = (
-        "_chunks",
-        "_unread",
-        "_wait",
-        "conn",
-        "ended",
-        "error",
-        "got_head",
-        "headers",
-        "local_ended",
-        "sid",
-        "status",
-        "trailers",
-    )
-
-    def __init__(self, conn: _ClientConn, sid: int, local_ended: bool) -> None:
-        self.conn = conn
-        self.sid = sid
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.trailers: list[tuple[bytes, bytes]] = []
-        self.got_head = False
-        self.ended = False
-        self.local_ended = local_ended
-        self.error: BaseException | None = None
-        self._chunks: deque[tuple[bytes, int]] = deque()
-        self._unread = 0
-        self._wait: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        w = self._wait
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def fail(self, err: BaseException) -> None:
-        if self.error is None:
-            self.error = err
-        if not self.ended:  # a complete response (then RST_STREAM NO_ERROR) is still read to its end
-            self.discard()
-        self.wake()
-
-    def on_data(self, data: bytes, fc: int) -> None:
-        if not data:
-            self.conn.ack(self.sid, fc)
-            return
-        self._chunks.append((data, fc))
-        self._unread += fc
-        self.conn.pool.received += fc
-        self.wake()
-
-    def discard(self) -> int:
-        n = self._unread
-        self._chunks.clear()
-        self._unread = 0
-        return n
-
-    async def _sleep(self) -> None:
-        self._wait = self.conn.loop.create_future()
-        try:
-            await self._wait
-        finally:
-            self._wait = None
-
-    async def read_head(self) -> None:
-        while not self.got_head:
-            if self.error is not None:
-                raise self.error
-            if self.ended:
-                raise ConnectionResetError("upstream ended the stream without a response")
-            await self._sleep()
-
-    def buffered(self) -> bool:
-        return bool(self._chunks) or self.ended
-
-    async def read(self) -> bytes:
-        """Next DATA of the response; b"" at its end (trailers are then in .trailers)."""
-        while not self._chunks:
-            if self.ended:
-                return b""
-            if self.error is not None:
-                raise self.error
-            await self._sleep()
-        if len(self._chunks) == 1:
-            data, fc = self._chunks.popleft()
-        else:
-            data = b"".join(c for c, _ in self._chunks)
-            fc = sum(n for _, n in self._chunks)
-            self._chunks.clear()
-        self._unread -= fc
-        self.conn.ack(self.sid, fc)
-        return data
-
-    async def write(self, data: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        await self.conn.send_data(self.sid, data)
-
-    def end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
-        c = self.conn
-        fields = h2_fields(trailers) if trailers else None
-        if fields:
-            c.call(c.h2.send_headers, self.sid, fields, end_stream=True)
-        else:
-            c.call(c.h2.end_stream, self.sid)
-        self.local_ended = True
-        c.flush()
-
-    def close(self) -> None:
-        """Done with the stream: reset it unless both sides ended it, and give its slot back."""
-        if not (self.ended and self.local_ended) and self.error is None:
-            self.conn.reset(self.sid, CANCEL)
-            self.error = ConnectionResetError("stream cancelled")
-        self.discard()
-        self.conn.forget(self.sid)
-        self.conn.stream_done(self)
-
-
-class _ClientConn(H2Base):
-    def __init__(self, pool: H2Upstream) -> None:
-        s = h2.settings.SettingCodes
-        super().__init__(
-            asyncio.get_running_loop(),
-            client_side=True,
-            settings={
-                s.ENABLE_PUSH: 0,
-                s.INITIAL_WINDOW_SIZE: pool.stream_window,
-                s.MAX_HEADER_LIST_SIZE: 65536,
-                s.MAX_FRAME_SIZE: 16384,
-            },
-            connection_window=pool.connection_window,
-            control_rate=500.0,
-            control_burst=1000,
-            max_write_buffer=4194304,
-        )
-        self.pool = pool
-        self.streams: dict[int, _ClientStream] = {}
-        self.draining = False  # GOAWAY received (or ids exhausted): no new streams here
-        self.settings_seen = False
-        self._idle: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.start_h2()
-
-    def capacity(self) -> int:
-        if self.draining or self.closed or self.failed:
-            return 0
-        limit = self.pool.max_streams_per_connection
-        if self.settings_seen:
-            limit = min(limit, self.h2.remote_settings.max_concurrent_streams)
-        return limit - len(self.streams)
-
-    def open(self, fields: list[tuple[bytes, bytes]], end_stream: bool) -> _ClientStream:
-        try:
-            sid = self.h2.get_next_available_stream_id()
-        except h2.exceptions.NoAvailableStreamIDError as e:
-            self.draining = True
-            raise _Refused("stream ids exhausted") from e
-        self.call(self.h2.send_headers, sid, fields, end_stream=end_stream)
-        st = _ClientStream(self, sid, end_stream)
-        self.streams[sid] = st
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        self.flush()
-        return st
-
-    def stream_done(self, st: _ClientStream) -> None:
-        if self.streams.pop(st.sid, None) is None or self.streams:
-            return
-        if self.draining:
-            self._linger()
-        elif not self.closed and not self.failed:
-            self._idle = self.loop.call_later(self.pool.idle_timeout, self._on_idle)
-
-    def _on_idle(self) -> None:
-        self._idle = None
-        if not self.streams and not self.closed:
-            self.draining = True
-            self.pool._forget(self)
-            self.write_now()
-            if self.transport is not None:
-                self.transport.write(goaway_frame(0, NO_ERROR))
-            self._linger()
-
-    def on_event(self, ev: h2.events.Event) -> None:
-        sid = getattr(ev, "stream_id", None) or 0
-        st = self.streams.get(sid)
-        if isinstance(ev, h2.events.DataReceived):
-            if st is not None and st.error is None:
-                st.on_data(ev.data or b"", ev.flow_controlled_length or 0)
-        elif isinstance(ev, h2.events.ResponseReceived):
-            if st is not None:
-                hdrs = [(bytes(n), bytes(v)) for n, v in ev.headers or ()]
-                st.status = next((int(v) for n, v in hdrs if n == b":status"), 0)
-                st.headers = [(n, v) for n, v in hdrs if not n.startswith(b":")]
-                st.got_head = True
-                st.wake()
-        elif isinstance(ev, h2.events.TrailersReceived):
-            if st is not None:
-                st.trailers = [(bytes(n), bytes(v)) for n, v in ev.headers or ()]
-        elif isinstance(ev, h2.events.StreamEnded):
-            if st is not None:
-                st.ended = True
-                st.wake()
-        elif isinstance(ev, h2.events.StreamReset):
-            if st is not None:
-                code = int(ev.error_code or 0)
-                err = _Refused if code == REFUSED_STREAM else ConnectionResetError
-                st.fail(err(f"upstream reset the stream ({_code_name(code)})"))
-            self.wake_window(sid)
-        elif isinstance(ev, h2.events.WindowUpdated):
-            self.wake_window(sid)
-        elif isinstance(ev, h2.events.RemoteSettingsChanged):
-            self.settings_seen = True
-            self.wake_window(0)
-
-    def on_goaway(self, g: GoAway) -> None:
-        self.draining = True
-        self.pool._forget(self)
-        for sid, st in list(self.streams.items()):
-            if sid > g.last_stream_id:
-                st.fail(_Refused(f"upstream GOAWAY before stream {sid} (last {g.last_stream_id})"))
-        if not self.streams:
-            self._linger()
-
-    def on_failed(self) -> None:
-        self.pool._forget(self)
-        for st in list(self.streams.values()):
-            st.fail(ConnectionResetError("upstream connection failed"))
-
-    def on_lost(self, exc: Exception | None) -> None:
-        self.pool._forget(self)
-        if self._idle is not None:
-            self._idle.cancel()
-        for st in list(self.streams.values()):
-            st.fail(ConnectionResetError(f"upstream closed the connection{': ' + str(exc) if exc else ''}"))
 
 
 class H2Upstream:
@@ -303,8 +47,8 @@ class H2Upstream:
         self.max_streams_per_connection = max_streams_per_connection
         self.stream_window = stream_window
         self.connection_window = connection_window
-        self._conns: list[_ClientConn] = []
-        self._dialing: asyncio.Task[_ClientConn] | None = None
+        self._conns: list[H2ClientConn] = []
+        self._dialing: asyncio.Task[H2ClientConn] | None = None
         self._closed = False
         self.received = 0  # response DATA bytes received from the upstream, ever
 
@@ -319,17 +63,18 @@ class H2Upstream:
     @property
     def buffered(self) -> int:
         """Response bytes received from the upstream and not yet read by a forwarder (all streams)."""
-        return sum(st._unread for c in self._conns for st in c.streams.values())
+        return sum(st.unread for c in self._conns for st in c.streams.values())
 
-    def _forget(self, conn: _ClientConn) -> None:
+    def forget_connection(self, conn: H2ClientConn) -> None:
+        """The connection takes no new streams (GOAWAY, idle, failed, lost): out of the pool."""
         with contextlib.suppress(ValueError):
             self._conns.remove(conn)
 
-    async def _dial(self) -> _ClientConn:
+    async def _dial(self) -> H2ClientConn:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: _ClientConn(self), self.host, self.port)
+                _, conn = await loop.create_connection(lambda: H2ClientConn(self), self.host, self.port)
         except (OSError, TimeoutError) as e:
             raise UpstreamError(f"dial tcp {self.host}:{self.port}: {e or type(e).__name__}") from e
         if self._closed:
@@ -338,7 +83,7 @@ class H2Upstream:
         self._conns.append(conn)
         return conn
 
-    async def connection(self, avoid: _ClientConn | None = None) -> _ClientConn:
+    async def connection(self, avoid: H2ClientConn | None = None) -> H2ClientConn:
         """A connection (not ``avoid``) with a free stream slot, else a new one (one dial shared by all)."""
         useless = 0
         while True:
@@ -359,7 +104,7 @@ class H2Upstream:
                 if useless >= 2:
                     raise UpstreamError(f"upstream {self.host}:{self.port} accepts no new streams")
 
-    def _dial_done(self, task: asyncio.Task[_ClientConn]) -> None:
+    def _dial_done(self, task: asyncio.Task[H2ClientConn]) -> None:
         if self._dialing is task:
             self._dialing = None
         if not task.cancelled():
@@ -400,7 +145,7 @@ def _request_fields(
     return out
 
 
-async def _pump(req: Request, st: _ClientStream) -> None:
+async def _pump(req: Request, st: H2ClientStream) -> None:
     """Client request body -> upstream stream, as it comes, within the upstream's windows."""
     try:
         while True:
@@ -432,13 +177,13 @@ async def forward_h2(
     fields = _request_fields(req, headers, target, upstream)
     has_body = req.has_body
     where = f"upstream {upstream.host}:{upstream.port}"
-    refused_by: _ClientConn | None = None
+    refused_by: H2ClientConn | None = None
     for attempt in (0, 1):
         conn = await upstream.connection(avoid=refused_by)
         refused_by = conn
         try:
             st = conn.open(fields, end_stream=not has_body)
-        except (StreamGone, _Refused) as e:
+        except (StreamGone, Refused) as e:
             if attempt == 0:
                 continue
             raise UpstreamError(f"{where}: {e}") from e
@@ -449,7 +194,7 @@ async def forward_h2(
                 pump.add_done_callback(_consume)
             try:
                 await st.read_head()
-            except _Refused as e:
+            except Refused as e:
                 if attempt == 0 and not req._body_started():
                     continue
                 raise UpstreamError(f"{where}: {e}") from e
@@ -463,7 +208,7 @@ async def forward_h2(
     raise AssertionError("unreachable")
 
 
-async def _relay(resp: Responder, st: _ClientStream) -> int:
+async def _relay(resp: Responder, st: H2ClientStream) -> int:
     status = st.status
     await resp.start(status, st.headers, flush=not st.buffered())
     while True:
