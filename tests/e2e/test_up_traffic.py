@@ -1,0 +1,131 @@
+"""`zeroscale up` traffic end to end, under steady load: a gradual rollout, a 40/60 split that serves
+both revisions, a bad file refused with nothing changed, delete; not one failed request throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+from cluster.up_load import LoadClient, get_once
+from tests.e2e.test_up import ROOT, up_process
+
+HELLO_APP = ROOT / "examples" / "hello" / "app.py"
+HOST = "web.default.example.com"
+
+
+def service(version: str, traffic: str = "", bad: str = "") -> str:
+    return f"""apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: web
+  annotations:
+    serving.knative.dev/rollout-duration: "4s"
+spec:
+  template:
+    spec:
+      containers:
+        - command: [python3, {HELLO_APP}]
+          env:
+            - name: TARGET
+              value: "v{version}"{bad}
+{traffic}"""
+
+
+SPLIT = """  traffic:
+    - revisionName: web-00002
+      percent: 40
+    - latestRevision: true
+      percent: 60
+"""
+
+
+def traffic_of(status: dict[str, Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in web(status)["traffic"]:
+        if t["percent"]:
+            out[t["revision"]] = out.get(t["revision"], 0) + t["percent"]
+    return out
+
+
+def web(status: dict[str, Any]) -> dict[str, Any]:
+    svc: dict[str, Any] = next(s for s in status["services"] if s["name"] == "web")
+    return svc
+
+
+async def test_rollout_split_refusal_and_delete_under_steady_load(tmp_path: Path) -> None:
+    files = {}
+    for name, text in {
+        "v1": service("1"),
+        "v2": service("2"),
+        "v3": service("3", SPLIT),
+        "bad": service("4", SPLIT, bad="\n          bogus: true"),
+    }.items():
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(text)
+
+    with up_process("-f", files["v1"]) as up:
+        await up.wait_up()
+
+        async def v1_ready() -> bool:
+            return bool((await up.arevision("web"))["ready_pods"] >= 1)
+
+        await up.poll(v1_ready, timeout=30, what="web-00001 has a ready pod")
+        load = LoadClient(up.port, HOST, "/", workers=4, max_seconds=120)
+        load.start()
+        try:
+            # 1. a new template: web-00002 comes up, then takes the traffic in steps over 4 s.
+            r = await asyncio.to_thread(up.cli, "apply", "-f", files["v2"])
+            assert r.returncode == 0 and "web-00002 created" in r.stdout, r.stderr
+            shares: list[int] = []
+
+            async def rolled_out() -> bool:
+                t = traffic_of(await up.astatus())
+                if t.get("web-00002") not in (None, *shares[-1:]):
+                    shares.append(t["web-00002"])
+                return t == {"web-00002": 100}
+
+            await up.poll(rolled_out, timeout=40, what="web-00002 has all the traffic")
+            assert len(shares) >= 3 and shares[0] < 50 < shares[-1] == 100, shares  # it went in steps
+
+            # 2. a third revision with a 40/60 split between web-00002 and the latest: both answer.
+            r = await asyncio.to_thread(up.cli, "apply", "-f", files["v3"])
+            assert r.returncode == 0, r.stderr
+
+            async def split() -> bool:
+                return traffic_of(await up.astatus()) == {"web-00002": 40, "web-00003": 60}
+
+            await up.poll(split, timeout=40, what="a 40/60 split")
+            before = dict(load.bodies)
+
+            async def enough() -> bool:
+                return sum(load.bodies.values()) - sum(before.values()) >= 200
+
+            await up.poll(enough, timeout=60, what="200 answers under the split")
+            new = {k: v - before.get(k, 0) for k, v in load.bodies.items()}
+            v2 = sum(n for b, n in new.items() if b.endswith(b"(revision web-00002)"))
+            v3 = sum(n for b, n in new.items() if b.endswith(b"(revision web-00003)"))
+            assert v2 + v3 == sum(new.values()), new
+            assert 0.45 <= v3 / (v2 + v3) <= 0.75, new
+
+            # 3. a bad file is refused naming the field; what runs keeps running unchanged.
+            status_before = await up.astatus()
+            r = await asyncio.to_thread(up.cli, "apply", "-f", files["bad"])
+            assert r.returncode != 0 and "containers[0].bogus" in r.stderr, (r.stdout, r.stderr)
+            after = await up.astatus()
+            assert traffic_of(after) == traffic_of(status_before)
+            names = [[rev["name"] for rev in web(s)["revisions"]] for s in (status_before, after)]
+            assert names[0] == names[1] == ["web-00003", "web-00002", "web-00001"]
+        finally:
+            await load.stop()
+        assert load.failed == 0 and load.sent >= 200, load.statuses
+        print(f"under rollout, split and refusal: {load.summary()}")
+
+        # 4. delete: the host is gone, the pods drain away.
+        r = await asyncio.to_thread(up.cli, "delete", "web")
+        assert r.returncode == 0, r.stderr
+        assert (await up.astatus())["services"] == []
+        status, _ = await get_once(up.port, HOST, "/")
+        assert status == 404
+        assert up.stop(signal.SIGTERM) == 0
