@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from serving.errors import QueueFullError
+from serving.h2upstream import H2Upstream, forward_h2
 from serving.headers import (
     COLD_START,
     K_ORIGINAL_HOST,
@@ -55,6 +56,11 @@ class RevisionSettings:
 
     container_concurrency: int = 0
     timeouts: RequestTimeouts = field(default_factory=RequestTimeouts)
+    protocol: str = "http1"  # "h2c": the pods speak cleartext HTTP/2 (gRPC), forwarded as such
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("http1", "h2c"):
+            raise ValueError(f"protocol must be http1 or h2c, got {self.protocol!r}")
 
 
 class _Revision:
@@ -195,11 +201,18 @@ class Activator:
             asyncio.get_running_loop().create_task(up.close())
 
     @staticmethod
-    def _upstream(pod: PodTracker) -> Upstream:
+    async def _forward(
+        rev: _Revision, pod: PodTracker, req: Request, resp: Responder, headers: list[tuple[bytes, bytes]]
+    ) -> int:
+        """Through the pod's own pool: keep-alive HTTP/1.1, or multiplexed h2c for h2c revisions."""
         up = pod.attachment
+        if rev.settings.protocol == "h2c":
+            if up is None:
+                up = pod.attachment = H2Upstream(pod.endpoint.host, pod.endpoint.port)
+            return await forward_h2(req, resp, cast(H2Upstream, up), headers)
         if up is None:
             up = pod.attachment = Upstream(pod.endpoint.host, pod.endpoint.port)
-        return cast(Upstream, up)
+        return await forward(req, resp, cast(Upstream, up), headers)
 
     # -- the request path ------------------------------------------------------------------------
     async def dispatch(
@@ -248,7 +261,7 @@ class Activator:
                     waited = time.monotonic() - start
                     self.cold_starts.labels(rev.key.namespace, rev.key.name).observe(waited)
                     out = cast(Responder, _Marked(resp, [(COLD_START, b"%.3f" % waited)]))
-                return await forward(req, out, self._upstream(pod), headers)
+                return await self._forward(rev, pod, req, out, headers)
             except UpstreamError as e:
                 if e.started or resp.started:
                     return 502  # forward already aborted the client connection
@@ -276,7 +289,7 @@ class Activator:
         pod = pods[next(rev.direct) % len(pods)]
         out = [(n, v) for n, v in headers if n not in (SERVING_REVISION, SERVING_NAMESPACE)]
         try:
-            await forward(req, resp, self._upstream(pod), out)
+            await self._forward(rev, pod, req, resp, out)
         except UpstreamError as e:
             if not e.started and not resp.started:
                 await resp.send(502, f"pod {pod.endpoint.pod_name} of {key}: {e}\n")

@@ -39,7 +39,8 @@ from routing.gateway import Gateway
 from routing.table import RouteSpec, RouteTable, TableHolder
 from routing.traffic import flatten, parse_traffic
 from serving.errors import ConfigError, SpecError
-from serving.httpserver import HttpServer, Request, Responder, serve
+from serving.h2server import AutoServer, serve_auto
+from serving.httpserver import Request, Responder
 from serving.logs import setup_logging
 from serving.stat import WireStat
 from serving.types import Endpoint, RevisionKey
@@ -96,7 +97,7 @@ class GatewayApp:
         self.gateway = Gateway(holder, self._dispatch)
         self._stats_connected = stats_connected
         self.draining = False
-        self.server: HttpServer | None = None
+        self.server: AutoServer | None = None
         self.port = 0
         self.admin_port = 0
         self._admin: web.AppRunner | None = None
@@ -111,10 +112,11 @@ class GatewayApp:
         timeout_seconds: float = 300.0,
         response_start_timeout_seconds: float | None = None,
         idle_timeout_seconds: float = 0.0,
+        protocol: str = "http1",
     ) -> None:
         rs = timeout_seconds if response_start_timeout_seconds is None else response_start_timeout_seconds
         timeouts = RequestTimeouts(timeout_seconds, rs, idle_timeout_seconds)
-        self.activator.add_revision(key, RevisionSettings(container_concurrency, timeouts))
+        self.activator.add_revision(key, RevisionSettings(container_concurrency, timeouts, protocol))
 
     async def remove_revision(self, key: RevisionKey) -> None:
         self._dispatch.direct.discard(key)
@@ -155,7 +157,7 @@ class GatewayApp:
         self, host: str, port: int, *, admin_host: str | None = None, admin_port: int | None = None
     ) -> int:
         """Listen on ``host:port`` (0: any free port); returns the port. ``admin_port`` None: no side port."""
-        self.server = await serve(self.handle, host, port)
+        self.server = await serve_auto(self.handle, host, port)  # HTTP/1.1 and h2c, as Knative's
         self.port = self.server.port
         if admin_port is not None:
             runner = web.AppRunner(admin_app(self.health, self.registry), access_log=None)
@@ -221,7 +223,10 @@ def _revision_entry(r: Any, where: str, with_endpoints: bool) -> RevisionEntry:
             r, "responseStartTimeoutSeconds", where, r.get("timeoutSeconds") or 300
         ),
         "idle_timeout_seconds": _num(r, "idleTimeoutSeconds", where, 0),
+        "protocol": r.get("protocol") or "http1",
     }
+    if settings["protocol"] not in ("http1", "h2c"):
+        raise SpecError(f"{where}.protocol: expected http1 or h2c, got {settings['protocol']!r}")
     eps: tuple[Endpoint, ...] | None = None
     if with_endpoints:
         out = []

@@ -327,3 +327,29 @@ def test_revision_from_request(
 ) -> None:
     got = revision_from_request(_Req(host, headers))  # type: ignore[arg-type]
     assert got == (RevisionKey(*want) if want else None)
+
+
+async def test_h2c_revision_is_forwarded_over_h2c(front: tuple[Front, httpx.AsyncClient, str]) -> None:
+    from serving.h2server import serve_h2
+
+    f, c, url = front
+    seen: list[bytes] = []
+
+    async def h2_pod(req: Request, resp: Responder) -> None:
+        seen.append(req.version)
+        await resp.send(200, b"over h2c", headers=[(b"x-proto", req.version)])
+
+    pod = await serve_h2(h2_pod, "127.0.0.1", 0)
+    try:
+        f.activator.add_revision(KEY, RevisionSettings(0, protocol="h2c"))
+        f.publish([Endpoint("h2-pod", "127.0.0.1", pod.port)])
+        r = await c.get(url, headers=_rev())
+        assert r.status_code == 200 and r.text == "over h2c"
+        assert seen and seen[0].startswith(b"2")
+    finally:
+        await pod.shutdown(1)
+
+
+def test_bad_protocol_named() -> None:
+    with pytest.raises(ValueError, match="protocol must be http1 or h2c, got 'grpc'"):
+        RevisionSettings(protocol="grpc")
