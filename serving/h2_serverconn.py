@@ -40,6 +40,10 @@ __all__ = ["H2Limits", "H2ServerProtocol"]
 log = logging.getLogger("zeroscale.h2")
 
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+_BAD_SETTINGS = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 29\r\n"
+    b"connection: close\r\n\r\ninvalid HTTP2-Settings header"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +120,20 @@ class H2ServerProtocol(H2Base):
         up = self._upgrade
         if up is None:
             self.start_h2()
-        else:
-            assert self.transport is not None
-            self.transport.write(_SWITCHING)
-            self.start_h2(up.settings, upgrade=True)
-        if up is None:
             self._arm_idle()
-        else:
-            self._open(1, up.method, up.target, up.headers, ended=True)
+            return
+        assert self.transport is not None
+        try:
+            # token68 may come without its base64 padding
+            self.start_h2(up.settings + b"=" * (-len(up.settings) % 4), upgrade=True)
+        except Exception as e:  # bad base64, a payload not in 6-byte entries, an invalid setting value
+            log.info("h2c upgrade from %s: bad HTTP2-Settings: %s", self.peer, e)
+            self.closed = True
+            self.transport.write(_BAD_SETTINGS)
+            self.transport.close()
+            return
+        self.transport.write(_SWITCHING)  # before the SETTINGS that start_h2 queued (flushed later)
+        self._open(1, up.method, up.target, up.headers, ended=True)
 
     # -- events ----------------------------------------------------------------------------------
     def on_event(self, ev: h2.events.Event) -> None:
