@@ -276,3 +276,47 @@ def test_route_update_does_not_fail_requests_in_flight(env: Env) -> None:
         assert results == [200]
         assert {_served_by(env, c, HELLO) for _ in range(10)} <= {"hello-00001", "hello-00002"}
     env.gw.write(_doc(env.endpoints))
+
+
+async def test_websocket_through_gateway_and_activator(env: Env) -> None:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(f"ws://127.0.0.1:{env.gw.port}/ws", headers={"Host": f"alpha.default.{DOMAIN}"}) as ws,
+    ):
+        for msg in ("one", "two"):
+            await ws.send_str(msg)
+            got = await asyncio.wait_for(ws.receive(), 10)
+            assert got.data == msg
+        await ws.send_bytes(b"\x00\x01")
+        assert (await asyncio.wait_for(ws.receive(), 10)).data == b"\x00\x01"
+
+
+async def test_sse_streams_event_by_event(env: Env) -> None:
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+    async with (
+        httpx.AsyncClient(timeout=30) as c,
+        c.stream(
+            "GET", f"{env.gw.url}/sse?n=3&interval_ms=300", headers={"Host": f"alpha.default.{DOMAIN}"}
+        ) as r,
+    ):
+        assert r.status_code == 200
+        async for chunk in r.aiter_text():
+            if "data:" in chunk:
+                arrivals.extend(loop.time() for _ in range(chunk.count("data:")))
+    assert len(arrivals) == 3
+    assert arrivals[-1] - arrivals[0] >= 0.45  # not buffered into one piece at the end
+
+
+async def test_request_body_streams_both_ways(env: Env) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+
+    async def body() -> Any:
+        for i in range(0, len(payload), 65536):
+            yield payload[i : i + 65536]
+
+    async with httpx.AsyncClient(timeout=30) as c:
+        r = await c.post(f"{env.gw.url}/echo", content=body(), headers={"Host": f"alpha.default.{DOMAIN}"})
+    assert r.status_code == 200 and r.content == payload
