@@ -75,15 +75,16 @@ def parse_args(argv: list[str]) -> UpOptions:
     )
 
 
-def load_inputs(opts: UpOptions) -> tuple[Configs, list[Service]]:
-    """Configs and Services from the files; raises ConfigError (SpecError) naming the field."""
-    configs = parse_configs(load_configmaps(opts.config)) if opts.config else parse_configs({})
+def load_inputs(opts: UpOptions) -> tuple[dict[str, dict[str, str]], Configs, list[Service]]:
+    """ConfigMap data, configs and Services from the files; ConfigError (SpecError) names the field."""
+    maps = load_configmaps(opts.config) if opts.config else {}
+    configs = parse_configs(maps)
     services: list[Service] = []
     for f in opts.files:
         services.extend(load_services(f, defaults=configs.defaults))
     if not services:
         raise ConfigError(f"{', '.join(opts.files)}: no Service document found")
-    return configs, services
+    return maps, configs, services
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -98,8 +99,10 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
-async def run(opts: UpOptions, configs: Configs, services: list[Service]) -> int:
-    plane = UpPlane(configs, domain=opts.domain, verbose=opts.verbose)
+async def run(
+    opts: UpOptions, maps: dict[str, dict[str, str]], configs: Configs, services: list[Service]
+) -> int:
+    plane = UpPlane(configs, maps=maps, domain=opts.domain)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -138,16 +141,16 @@ def main(argv: list[str]) -> int:
     opts = parse_args(argv)
     _setup_logging(opts.verbose)
     try:
-        configs, services = load_inputs(opts)
+        maps, configs, services = load_inputs(opts)
     except ConfigError as e:
         print(f"zeroscale up: {e}", file=sys.stderr)
         return 2
     try:
         import uvloop
 
-        return uvloop.run(run(opts, configs, services))
+        return uvloop.run(run(opts, maps, configs, services))
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
-        return asyncio.run(run(opts, configs, services))
+        return asyncio.run(run(opts, maps, configs, services))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,13 +19,15 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from autoscaler.collector import Collector
 from autoscaler.config import AutoscalerConfig, from_mapping, resolve
 from autoscaler.multiscaler import Decision, MultiScaler
 from autoscaler.scraper import PodScraper
-from routing.table import TableHolder
+from routing.table import RouteTable, TableHolder
 from serving.clock import MonotonicClock, SystemClock
-from serving.config import Configs
+from serving.config import Configs, parse_configmaps, parse_configs
 from serving.errors import ConfigError, SpecError
 from serving.spec import Revision, Service, check_local, parse_services
 from serving.types import Endpoint, RevisionKey
@@ -70,8 +72,16 @@ class _LoggingScaler:
 
 
 class UpPlane:
-    def __init__(self, configs: Configs, *, domain: str | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        configs: Configs,
+        *,
+        maps: dict[str, dict[str, str]] | None = None,
+        domain: str | None = None,
+    ) -> None:
         self.configs = configs
+        self._maps = dict(maps or {})  # the ConfigMaps' data as given: `apply` replaces one map at a time
+        self._domain_flag = domain
         self.domain = domain or configs.domain.domain
         self.reconciler = Reconciler(configs.network, self.domain)
         self.holder = TableHolder(self.reconciler.table())
@@ -136,6 +146,11 @@ class UpPlane:
     # -- the ControlPlane ------------------------------------------------------------------------
 
     async def apply(self, text: str, source: str) -> list[dict[str, Any]]:
+        kinds = _kinds(text)
+        if kinds and all(k == "ConfigMap" for k in kinds):
+            return self._apply_configmaps(text, source)
+        if "ConfigMap" in kinds:
+            raise SpecError(f"{source}: holds both ConfigMaps and Services; apply them as separate files")
         src = Path(source)
         base_dir = src.parent if src.is_absolute() else Path.cwd()
         services = parse_services(text, source, base_dir=base_dir, defaults=self.configs.defaults)
@@ -155,6 +170,39 @@ class UpPlane:
             }
             for c in changes
         ]
+
+    def _apply_configmaps(self, text: str, source: str) -> list[dict[str, Any]]:
+        """New config-autoscaler / -network / -domain / -defaults data: checked whole, then swapped in."""
+        given = parse_configmaps(text, source)
+        maps = {**self._maps, **given}
+        configs = parse_configs(maps)
+        as_config = from_mapping(configs.autoscaler)
+        for svc in self.reconciler.services():
+            for rev in self.reconciler.revisions(svc.namespace, svc.name):
+                t = rev.template
+                try:
+                    resolve(as_config, t.annotations, t.container_concurrency)
+                except ConfigError as e:
+                    raise ConfigError(f"{source}: revision {rev.key} would be invalid: {e}") from None
+        domain = self._domain_flag or configs.domain.domain
+        if domain != self.domain:
+            try:
+                RouteTable(self.reconciler.routes(), domain)
+            except ValueError as e:
+                raise ConfigError(f"{source}: config-domain: {e}") from None
+        self._maps, self.configs, self.autoscaler_config = maps, configs, as_config
+        self.reconciler.network = configs.network
+        if self.multiscaler is not None:
+            self.multiscaler.update_config(as_config)
+        if domain != self.domain:
+            self.domain = self.reconciler.domain = domain
+            self.holder.swap(self.reconciler.table())
+        out = []
+        for name in given:
+            msg = f"configmap {name} applied"
+            log.info("%s (from %s)", msg, source)
+            out.append({"configmap": name, "message": msg})
+        return out
 
     async def delete(self, name: str, namespace: str) -> bool:
         fx = self.reconciler.delete(namespace, name, _now())
@@ -291,6 +339,15 @@ class UpPlane:
             desired = None
         pods = self.runtime.pods(key)
         return desired, sum(1 for p in pods if p.state is PodState.READY), len(pods)
+
+
+def _kinds(text: str) -> list[str]:
+    """The ``kind`` of each document (YAML errors are left to the parser that reports them well)."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        return []
+    return [str(d.get("kind")) if isinstance(d, dict) else "" for d in docs if d is not None]
 
 
 def _now() -> float:

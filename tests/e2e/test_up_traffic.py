@@ -1,5 +1,6 @@
 """`zeroscale up` traffic end to end, under steady load: a gradual rollout, a 40/60 split that serves
-both revisions, a bad file refused with nothing changed, delete; not one failed request throughout."""
+both revisions, a bad file or ConfigMap refused with nothing changed, a good ConfigMap taken, and
+delete; not one failed request throughout."""
 
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ SPLIT = """  traffic:
       percent: 40
     - latestRevision: true
       percent: 60
+"""
+
+
+CONFIGMAP = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-autoscaler
+data:
+  stable-window: "{window}"
 """
 
 
@@ -117,12 +127,22 @@ async def test_rollout_split_refusal_and_delete_under_steady_load(tmp_path: Path
             assert traffic_of(after) == traffic_of(status_before)
             names = [[rev["name"] for rev in web(s)["revisions"]] for s in (status_before, after)]
             assert names[0] == names[1] == ["web-00003", "web-00002", "web-00001"]
+            # 4. ConfigMaps go through apply too: a bad key is refused naming it, a good one is taken.
+            bad_cm = tmp_path / "bad-config.yaml"
+            bad_cm.write_text(CONFIGMAP.format(window="2s"))
+            r = await asyncio.to_thread(up.cli, "apply", "-f", bad_cm)
+            assert r.returncode != 0 and "stable-window" in r.stderr, (r.stdout, r.stderr)
+            good_cm = tmp_path / "config.yaml"
+            good_cm.write_text(CONFIGMAP.format(window="30s"))
+            r = await asyncio.to_thread(up.cli, "apply", "-f", good_cm)
+            assert r.returncode == 0 and "configmap config-autoscaler applied" in r.stdout, r.stderr
+            assert traffic_of(await up.astatus()) == traffic_of(status_before)
         finally:
             await load.stop()
         assert load.failed == 0 and load.sent >= 200, load.statuses
         print(f"under rollout, split and refusal: {load.summary()}")
 
-        # 4. delete: the host is gone, the pods drain away.
+        # 5. delete: the host is gone, the pods drain away.
         r = await asyncio.to_thread(up.cli, "delete", "web")
         assert r.returncode == 0, r.stderr
         assert (await up.astatus())["services"] == []
