@@ -49,6 +49,7 @@ def test_parse_routes_file() -> None:
         "timeout_seconds": 30,
         "response_start_timeout_seconds": 30,
         "idle_timeout_seconds": 0,
+        "protocol": "http1",
     }
     assert r1.endpoints == ()
     assert snap.revisions[RevisionKey("default", "s-00002")].endpoints == (Endpoint("p", "127.0.0.1", 9999),)
