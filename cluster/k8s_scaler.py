@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -95,6 +96,9 @@ class KubeScaler:
             )
         except ApiException as e:
             raise ScaleError(f"scaling {revision} to {desired}: {e.status} {e.reason}") from e
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            # includes a write cut short because the lease time it was allowed ran out
+            raise ScaleError(f"scaling {revision} to {desired}: {type(e).__name__} {e}") from e
         self.writes += 1
         old = current.spec.replicas if current.spec is not None else None
         log.info("scaled %s from %s to %d", revision, old, desired)

@@ -35,7 +35,7 @@ spec:
       containers: [{image: example.com/hello:1}]
 """
 ZERO = {"initial-scale": "0", "allow-zero-initial-scale": "true"}
-TIMING = {"lease_duration": 1.2, "renew_deadline": 0.7, "retry_period": 0.1}
+TIMING = {"lease_duration": 10.0, "renew_deadline": 6.0, "retry_period": 0.2}
 
 
 def rendered(kind: str, name: str) -> dict[str, Any]:

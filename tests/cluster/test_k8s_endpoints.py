@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from cluster.k8s_endpoints import endpoints_from_slices, peers_from_slices
-from cluster.kubernetes import NotLeaderError, make_activator_peers, make_endpoint_source, make_scaler
+from cluster.kubernetes import (
+    NotLeaderError,
+    ScaleError,
+    make_activator_peers,
+    make_endpoint_source,
+    make_scaler,
+)
 from serving.types import Endpoint, RevisionKey
 from tests.fakes.fake_apiserver import FakeApiServer, running_apiserver
 from tests.fakes.k8s_controller import FakeDeploymentController
@@ -250,3 +256,22 @@ async def test_scale_patch_is_a_json_patch_on_the_subresource(server: FakeApiSer
     assert seen_types == ["application/json-patch+json"]
     dep = server.store.get("deployments", NS, "hello-00001-deployment")
     assert dep["spec"]["replicas"] == 5 and dep["spec"]["template"]["spec"]["containers"][0]["name"] == "app"
+
+
+async def test_a_write_is_cut_off_when_the_lease_time_it_had_runs_out(server: FakeApiServer) -> None:
+    from tests.fakes.fake_apiserver import Fault
+
+    server.store.create("deployments", NS, deployment("hello-00001-deployment", 0))
+    server.add_fault(Fault(lambda r: r.method == "GET", status=0, delay=2.0))  # a slow API server
+
+    class ShortLease:
+        def remaining(self) -> float:
+            return 0.2
+
+    api = server.client()
+    try:
+        with pytest.raises(ScaleError, match="TimeoutError"):
+            await make_scaler(api, NS, leadership=ShortLease()).scale(REV, 1)
+    finally:
+        await api.close()
+    assert server.store.get("deployments", NS, "hello-00001-deployment")["spec"]["replicas"] == 0

@@ -19,7 +19,7 @@ from tests.fakes.k8s_helpers import background, deployment, eventually
 NS = "default"
 LEASE = "zeroscale-autoscaler-leader"
 # Short but ordered as Knative's 60/40/10 s: retry < renew deadline < lease duration.
-TIMING: dict[str, Any] = {"lease_duration": 1.2, "renew_deadline": 0.7, "retry_period": 0.1}
+TIMING: dict[str, Any] = {"lease_duration": 2.0, "renew_deadline": 1.2, "retry_period": 0.1}
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ async def test_two_electors_never_both_lead_and_a_partitioned_leader_steps_down_
                 lease = server.store.get("leases", NS, LEASE)
                 assert lease["spec"]["holderIdentity"] == "autoscaler-b"
                 assert lease["spec"]["leaseTransitions"] == 1
-                assert lease["spec"]["leaseDurationSeconds"] == 1
+                assert lease["spec"]["leaseDurationSeconds"] == 2
                 server.faults.remove(fault)
                 await eventually(lambda: overlap.samples > 50, what="samples")
         assert overlap.both == 0

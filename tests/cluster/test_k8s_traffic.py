@@ -26,7 +26,7 @@ from tests.fakes.k8s_helpers import background, deployment, endpoint_slice, even
 
 NS = "default"
 REV = RevisionKey(NS, "hello-00001")
-TIMING = {"lease_duration": 1.2, "renew_deadline": 0.7, "retry_period": 0.1}
+TIMING = {"lease_duration": 10.0, "renew_deadline": 6.0, "retry_period": 0.2}
 
 
 class Pod:

@@ -84,7 +84,7 @@ async def test_the_activator_uses_exactly_its_grants(server: FakeApiServer) -> N
 async def test_the_autoscaler_uses_exactly_its_grants(server: FakeApiServer) -> None:
     FakeDeploymentController(server.store, NS, auto_ready=True)
     api = server.client("autoscaler")
-    timing = {"lease_duration": 1.2, "renew_deadline": 0.7, "retry_period": 0.1}
+    timing = {"lease_duration": 10.0, "renew_deadline": 6.0, "retry_period": 0.2}
     try:
         backend = AutoscalerBackend.create(
             api, NS, lambda n, d: None, identity="autoscaler-0", elector_kwargs=timing
