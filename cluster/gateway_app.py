@@ -97,6 +97,7 @@ class GatewayApp:
         self.gateway = Gateway(holder, self._dispatch)
         self._stats_connected = stats_connected
         self.draining = False
+        self.routes_loaded = True
         self.server: AutoServer | None = None
         self.port = 0
         self.admin_port = 0
@@ -141,6 +142,8 @@ class GatewayApp:
     def health(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
+        if not self.routes_loaded:
+            return False, "routes not loaded yet"
         if self._stats_connected is not None and not self._stats_connected():
             return False, "stat stream to the autoscaler is not connected"
         return True, "ok"
@@ -409,10 +412,16 @@ async def _amain(args: argparse.Namespace, cfg: ActivatorConfig) -> None:
         async def on_config(name: str, data: Mapping[str, str] | None) -> None:
             if name == "zeroscale-routes" and data is not None:
                 try:
-                    await apply_snapshot(app, parse_routes_configmap(data, domain), None)
+                    snap = parse_routes_configmap(data, domain)
+                    await apply_snapshot(app, snap, None)
                 except (SpecError, ValueError, yaml.YAMLError) as e:
                     log.error("ConfigMap zeroscale-routes not applied: %s", e)
+                    return
+                app.routes_loaded = True
+                hosts = ", ".join(snap.table.hosts()) or "none"
+                log.info("routes from ConfigMap zeroscale-routes: %s", hosts)
 
+        app.routes_loaded = False  # not ready before the routes were read once
         kb.add_config_listener(on_config)
         kb.peers.subscribe(app.set_activators)
         tasks.append(loop.create_task(kb.run()))
