@@ -22,48 +22,19 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from kubernetes_asyncio import client as k8s_client
 
-from tests.fakes.k8s_store import KINDS, Event, Obj, Store, StoreError, api_version, json_patch, merge_patch
+from tests.fakes.k8s_store import KINDS, Event, Obj, Store, StoreError, api_version
+from tests.fakes.k8s_wire import Fault, RequestRecord, apply_patch, go_bool, scale_of, status_response
 
-__all__ = ["FakeApiServer", "Fault", "RequestRecord", "running_apiserver"]
+__all__ = ["CLIENT_HEADER", "FakeApiServer", "Fault", "RequestRecord", "go_bool", "running_apiserver"]
 
 CLIENT_HEADER = "X-Fake-Client"
-
-
-@dataclass
-class Fault:
-    """Answer matching requests with ``status`` (after ``delay`` s), ``count`` times (None: until removed).
-
-    ``status=0`` answers nothing itself: the request waits (``delay``, then ``gate`` when given) and is
-    then served normally, to order concurrent requests deterministically.
-    """
-
-    match: Callable[[web.Request], bool]
-    status: int = 500
-    count: int | None = 1
-    delay: float = 0.0
-    retry_after: str | None = None
-    gate: asyncio.Event | None = None
-    hits: int = 0
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    verb: str
-    group: str
-    resource: str
-    subresource: str
-    namespace: str
-    name: str
-    client: str
-    status: int
-    t: float
 
 
 @dataclass(eq=False)
@@ -75,24 +46,6 @@ class _Watcher:
     queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
     progress_rv: int = 0
     gone: bool = False
-
-
-def go_bool(value: str | None) -> bool:
-    """Query booleans as the API server parses them (Go strconv.ParseBool): the client sends "True"."""
-    return value in ("1", "t", "T", "TRUE", "true", "True")
-
-
-def _status(code: int, reason: str, message: str) -> web.Response:
-    body = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-    return web.json_response(body, status=code)
 
 
 class FakeApiServer:
@@ -231,7 +184,7 @@ class FakeApiServer:
                         await fault.gate.wait()
                     if fault.status == 0:
                         break
-                    resp = _status(fault.status, "Injected", f"injected fault {fault.status}")
+                    resp = status_response(fault.status, "Injected", f"injected fault {fault.status}")
                     if fault.retry_after is not None:
                         resp.headers["Retry-After"] = fault.retry_after
                     status = fault.status
@@ -239,7 +192,7 @@ class FakeApiServer:
             try:
                 out = await handler(request)
             except StoreError as e:
-                out = _status(e.code, e.reason, e.message)
+                out = status_response(e.code, e.reason, e.message)
             status = out.status
             return out
         finally:
@@ -288,7 +241,7 @@ class FakeApiServer:
             )
         if request.method == "POST":
             return web.json_response(self.store.create(resource, ns, await request.json()), status=201)
-        return _status(405, "MethodNotAllowed", f"{request.method} not allowed on a collection")
+        return status_response(405, "MethodNotAllowed", f"{request.method} not allowed on a collection")
 
     def _resource(self, request: web.Request) -> str:
         resource = request.match_info["resource"]
@@ -303,13 +256,13 @@ class FakeApiServer:
         if sub == "scale" and resource == "deployments":
             return await self._scale(request, ns, name)
         if sub not in ("", "status"):
-            return _status(404, "NotFound", f"no subresource {sub!r}")
+            return status_response(404, "NotFound", f"no subresource {sub!r}")
         if request.method == "GET":
             return web.json_response(self.store.get(resource, ns, name))
         if request.method == "PUT":
             body = await request.json()
             if body.get("metadata", {}).get("name") != name:
-                return _status(400, "BadRequest", "the name of the object does not match the URL")
+                return status_response(400, "BadRequest", "the name of the object does not match the URL")
             if sub == "status":
                 current = self.store.get(resource, ns, name)
                 current["status"] = body.get("status")
@@ -317,56 +270,28 @@ class FakeApiServer:
                 body = current
             return web.json_response(self.store.update(resource, ns, body))
         if request.method == "PATCH":
-            patched = self._patch(request, self.store.get(resource, ns, name), await request.json())
+            patched = apply_patch(
+                request.headers.get("Content-Type", ""),
+                self.store.get(resource, ns, name),
+                await request.json(),
+            )
             return web.json_response(self.store.update(resource, ns, patched))
         if request.method == "DELETE":
             self.store.delete(resource, ns, name)
             return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})
-        return _status(405, "MethodNotAllowed", request.method)
-
-    def _patch(self, request: web.Request, current: Obj, patch: Any) -> Obj:
-        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
-        if ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-            if not isinstance(patch, dict):
-                raise StoreError(400, "BadRequest", "a merge patch must be a JSON object")
-            out: Obj = merge_patch(current, patch)
-            return out
-        if ctype == "application/json-patch+json":
-            if not isinstance(patch, list):
-                raise StoreError(400, "BadRequest", "a json patch must be a list of operations")
-            return json_patch(current, patch)
-        raise StoreError(
-            415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}"
-        )
-
-    @staticmethod
-    def _scale_of(dep: Obj) -> Obj:
-        meta = dep["metadata"]
-        labels = ((dep.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-        return {
-            "kind": "Scale",
-            "apiVersion": "autoscaling/v1",
-            "metadata": {
-                k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-            },
-            "spec": {"replicas": int((dep.get("spec") or {}).get("replicas", 1))},
-            "status": {
-                "replicas": int((dep.get("status") or {}).get("replicas", 0)),
-                "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
-            },
-        }
+        return status_response(405, "MethodNotAllowed", request.method)
 
     async def _scale(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
         dep = self.store.get("deployments", ns, name)
-        scale = self._scale_of(dep)
+        scale = scale_of(dep)
         if request.method == "GET":
             return web.json_response(scale)
         if request.method == "PATCH":
-            new = self._patch(request, scale, await request.json())
+            new = apply_patch(request.headers.get("Content-Type", ""), scale, await request.json())
         elif request.method == "PUT":
             new = await request.json()
         else:
-            return _status(405, "MethodNotAllowed", request.method)
+            return status_response(405, "MethodNotAllowed", request.method)
         want_rv = (new.get("metadata") or {}).get("resourceVersion")
         if want_rv and want_rv != dep["metadata"]["resourceVersion"]:
             raise StoreError(409, "Conflict", f'Operation cannot be fulfilled on deployments.apps "{name}"')
@@ -375,7 +300,7 @@ class FakeApiServer:
             raise StoreError(422, "Invalid", f"spec.replicas: Invalid value: {replicas!r}")
         dep["spec"]["replicas"] = replicas
         dep["metadata"].pop("resourceVersion", None)
-        return web.json_response(self._scale_of(self.store.update("deployments", ns, dep)))
+        return web.json_response(scale_of(self.store.update("deployments", ns, dep)))
 
     async def _watch(self, request: web.Request, resource: str, ns: str) -> web.StreamResponse:
         q = request.query
@@ -399,7 +324,9 @@ class FakeApiServer:
                 initial = [ev for ev in initial if id(ev) not in held]
                 w.progress_rv = start if not initial else initial[-1].rv
         if expired and self.gone_as_status:
-            return _status(410, "Expired", f"too old resource version: {rv_param} ({self.store.oldest_rv})")
+            return status_response(
+                410, "Expired", f"too old resource version: {rv_param} ({self.store.oldest_rv})"
+            )
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
         self._log(request, 200)  # now, not when the stream ends: tests look while it is open
