@@ -213,19 +213,31 @@ class H2ClientConn(H2Base):
         if self.streams.pop(st.sid, None) is None or self.streams:
             return
         if self.draining:
-            self._linger()
+            self._goodbye()
         elif not self.closed and not self.failed:
             self._idle = self.loop.call_later(self.pool.idle_timeout, self._on_idle)
 
     def _on_idle(self) -> None:
         self._idle = None
-        if not self.streams and not self.closed:
-            self.draining = True
-            self.pool.forget_connection(self)
-            self.write_now()
-            if self.transport is not None:
-                self.transport.write(goaway_frame(0, NO_ERROR))
-            self._linger()
+        if not self.streams:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """No new streams; close (GOAWAY, then FIN) now if idle, else after the last stream ends."""
+        self.draining = True
+        self.pool.forget_connection(self)
+        if not self.streams:
+            self._goodbye()
+
+    def _goodbye(self) -> None:
+        if self.closed or self.failed or self.transport is None:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self.write_now()
+        self.transport.write(goaway_frame(0, NO_ERROR))
+        self.close()
 
     def on_event(self, ev: h2.events.Event) -> None:
         sid = getattr(ev, "stream_id", None) or 0
@@ -266,7 +278,7 @@ class H2ClientConn(H2Base):
             if sid > g.last_stream_id:
                 st.fail(Refused(f"upstream GOAWAY before stream {sid} (last {g.last_stream_id})"))
         if not self.streams:
-            self._linger()
+            self._goodbye()
 
     def on_failed(self) -> None:
         self.pool.forget_connection(self)

@@ -111,6 +111,15 @@ class H2Upstream:
             task.exception()  # retrieved here; the waiters raise it themselves
 
     async def close(self) -> None:
+        """Take no new streams; idle connections close now, busy ones once their streams have ended
+        (a pod leaving the endpoints keeps serving what it has, e.g. a long gRPC stream while it drains)."""
+        self._closed = True
+        for conn in list(self._conns):
+            conn.shutdown()
+        self._conns.clear()
+
+    def abort(self) -> None:
+        """Close every connection now; streams still running fail."""
         self._closed = True
         for conn in list(self._conns):
             conn.abort()

@@ -206,3 +206,41 @@ async def test_idle_connections_are_closed_on_both_ends() -> None:
         await proxy.shutdown(1.0)
         await up.close()
         await srv.shutdown(1.0)
+
+
+async def test_closing_the_pool_lets_running_streams_finish() -> None:
+    """A pod leaving the endpoints keeps serving what it has: close() refuses new streams only."""
+    release = asyncio.Event()
+
+    async def app(req: Request, resp: Responder) -> None:
+        await resp.start(200, [])
+        await resp.write(b"first;")
+        await release.wait()
+        await resp.write(b"second")
+
+    app_srv = await serve_h2(app, "127.0.0.1", 0)
+    up = H2Upstream("127.0.0.1", app_srv.port)
+
+    async def handler(req: Request, resp: Responder) -> None:
+        try:
+            await forward_h2(req, resp, up, req.headers.items)
+        except UpstreamError as e:
+            if not resp.started:
+                await resp.send(502, str(e))
+
+    proxy = await serve_h2(handler, "127.0.0.1", 0)
+    try:
+        call = asyncio.create_task(h2_request(proxy.port, b"/long"))
+        await until(lambda: up.in_use == 1, what="the long call under way")
+        await up.close()
+        status, _, body, _ = await h2_request(proxy.port, b"/new")
+        assert status == 502 and b"closed" in body
+        release.set()
+        status, _, body, _ = await call
+        assert (status, body) == (200, b"first;second")
+        await until(lambda: not app_srv.connections, what="the pool's connection closed after its stream")
+    finally:
+        release.set()
+        await proxy.shutdown(1.0)
+        up.abort()
+        await app_srv.shutdown(1.0)
