@@ -124,3 +124,28 @@ async def test_watch_from_zero_lists_first_then_streams_with_bookmarks(
     finally:
         resp.release()
     assert events == ["ADDED", "BOOKMARK"]
+
+
+async def test_objects_entering_and_leaving_a_selector_are_added_and_deleted(
+    server: FakeApiServer, api: client.ApiClient
+) -> None:
+    """As the API server's watch cache does: a relabelled object shows up as ADDED or DELETED."""
+    from cluster.k8s_informer import Informer
+    from tests.fakes.k8s_helpers import background, eventually
+
+    server.store.create("configmaps", NS, configmap("a", {}, {"app": "x"}))
+    kinds: list[tuple[str, str]] = []
+    inf = Informer(
+        client.CoreV1Api(api).list_namespaced_config_map,
+        NS,
+        label_selector="app=x",
+        on_change=lambda chs: kinds.extend((c.kind, c.key[1]) for c in chs),
+    )
+    async with background(inf.run()):
+        await eventually(lambda: server.open_watches == 1, what="watching")
+        server.store.update("configmaps", NS, configmap("a", {}, {"app": "y"}))
+        server.store.create("configmaps", NS, configmap("b", {}, {"app": "y"}))
+        server.store.update("configmaps", NS, configmap("b", {}, {"app": "x"}))
+        await eventually(lambda: len(kinds) == 3, what="three changes")
+    assert kinds == [("ADDED", "a"), ("DELETED", "a"), ("ADDED", "b")]
+    assert set(k[1] for k in inf.cache) == {"b"}

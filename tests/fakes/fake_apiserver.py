@@ -29,7 +29,16 @@ from typing import Any
 from aiohttp import web
 from kubernetes_asyncio import client as k8s_client
 
-from tests.fakes.k8s_store import KINDS, Event, Obj, Store, StoreError, api_version
+from tests.fakes.k8s_store import (
+    KINDS,
+    Event,
+    Obj,
+    Store,
+    StoreError,
+    api_version,
+    match_fields,
+    match_labels,
+)
 from tests.fakes.k8s_wire import Fault, RequestRecord, apply_patch, go_bool, scale_of, status_response
 
 __all__ = ["CLIENT_HEADER", "FakeApiServer", "Fault", "RequestRecord", "go_bool", "running_apiserver"]
@@ -145,24 +154,42 @@ class FakeApiServer:
         else:
             self._deliver(ev)
 
-    def _matches(self, w: _Watcher, ev: Event) -> bool:
-        from tests.fakes.k8s_store import match_fields, match_labels
-
-        meta = ev.obj.get("metadata") or {}
+    @staticmethod
+    def _selected(w: _Watcher, obj: Obj | None) -> bool:
+        if obj is None:
+            return False
+        meta = obj.get("metadata") or {}
         return (
-            ev.resource == w.resource
-            and (not w.namespace or meta.get("namespace") == w.namespace)
+            (not w.namespace or meta.get("namespace") == w.namespace)
             and match_labels(w.labels, meta.get("labels") or {})
-            and match_fields(w.fields, ev.obj)
+            and match_fields(w.fields, obj)
         )
+
+    def _view(self, w: _Watcher, ev: Event) -> Event | None:
+        """The event as this watch sees it: an object entering the selector is ADDED, one leaving it is
+        DELETED (with its new state), as the API server's watch cache reports them."""
+        if ev.resource != w.resource:
+            return None
+        now = self._selected(w, ev.obj)
+        if ev.type != "MODIFIED":
+            return ev if now else None
+        before = self._selected(w, ev.prev)
+        if now and before:
+            return ev
+        if now:
+            return Event(ev.rv, ev.resource, "ADDED", ev.obj)
+        if before:
+            return Event(ev.rv, ev.resource, "DELETED", ev.obj)
+        return None
 
     def _deliver(self, ev: Event) -> None:
         for w in list(self._watchers):
             if ev.resource != w.resource:
                 continue
-            if self._matches(w, ev):
+            seen = self._view(w, ev)
+            if seen is not None:
                 try:
-                    w.queue.put_nowait(ev)
+                    w.queue.put_nowait(seen)
                 except asyncio.QueueFull:  # a slow watcher is closed, as the real server does
                     self._watchers.discard(w)
                     continue
@@ -318,10 +345,10 @@ class FakeApiServer:
             expired = True
         else:
             start = int(rv_param)
-            initial = [ev for ev in self.store.history if ev.rv > start and self._matches(w, ev)]
-            if self._held:  # held events are not streamed to anyone
-                held = {id(e) for e in self._pending}
-                initial = [ev for ev in initial if id(ev) not in held]
+            held = {id(e) for e in self._pending} if self._held else set()  # held: streamed to no one
+            views = (self._view(w, ev) for ev in self.store.history if ev.rv > start and id(ev) not in held)
+            initial = [v for v in views if v is not None]
+            if self._held:
                 w.progress_rv = start if not initial else initial[-1].rv
         if expired and self.gone_as_status:
             return status_response(

@@ -52,6 +52,7 @@ class Event:
     resource: str
     type: str
     obj: Obj
+    prev: Obj | None = None  # the object before a MODIFIED: a selector watch needs both
 
 
 def _split_selector(sel: str) -> list[str]:
@@ -164,8 +165,8 @@ class Store:
     listeners: list[Callable[[Event], None]] = field(default_factory=list)
     _uids: itertools.count = field(default_factory=itertools.count)
 
-    def _record(self, resource: str, etype: str, obj: Obj) -> None:
-        ev = Event(self.rv, resource, etype, copy.deepcopy(obj))
+    def _record(self, resource: str, etype: str, obj: Obj, prev: Obj | None = None) -> None:
+        ev = Event(self.rv, resource, etype, copy.deepcopy(obj), copy.deepcopy(prev) if prev else None)
         self.history.append(ev)
         while len(self.history) > self.history_limit:
             old = self.history.popleft()
@@ -243,7 +244,7 @@ class Store:
         self.rv += 1
         meta["resourceVersion"] = str(self.rv)
         self.objects[(resource, ns, name)] = obj
-        self._record(resource, "MODIFIED", obj)
+        self._record(resource, "MODIFIED", obj, current)
         return copy.deepcopy(obj)
 
     def delete(self, resource: str, ns: str, name: str) -> Obj:
