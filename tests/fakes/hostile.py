@@ -157,7 +157,8 @@ CASES: list[tuple[str, bytes]] = [
     (
         "cl-te",
         b"POST /headers?case=cl-te HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /headers?case=cl-te-smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /headers?case=cl-te-smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
     ),
     (
         "te-cl",
