@@ -42,7 +42,7 @@ def format_status(status: dict[str, Any]) -> str:
         for r in svc.get("revisions", []):
             desired = "-" if r.get("desired_pods") is None else str(r["desired_pods"])
             conc = r.get("concurrency")
-            conc_s = "-" if conc is None else f"{conc:.2f}"
+            conc_s = "-" if conc is None else f"{max(conc, 0.0):.2f}"  # -1e-06 is float noise
             panic = "yes" if r.get("panic") else "no"
             activator = "in path" if r.get("activator_in_path") else "out"
             ready = r["ready_pods"]

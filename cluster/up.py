@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -103,10 +104,20 @@ async def run(
     opts: UpOptions, maps: dict[str, dict[str, str]], configs: Configs, services: list[Service]
 ) -> int:
     plane = UpPlane(configs, maps=maps, domain=opts.domain)
-    stop = asyncio.Event()
+    stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+        elif not force.is_set():
+            log.info("zeroscale up: second signal: stopping the pods now, without waiting for requests")
+            force.set()
+
+    # The handlers stay installed until everything is stopped: a signal never kills `up` halfway,
+    # which would orphan the pods.
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         try:
             await plane.start(services, LOOPBACK, opts.port, opts.admin_port)
@@ -126,15 +137,28 @@ async def run(
         for svc in plane.status()["services"]:
             log.info("service %s/%s: %s", svc["namespace"], svc["name"], svc["url"])
         await stop.wait()
-        log.info("zeroscale up: stopping (draining requests, then pods)")
+        log.info("zeroscale up: stopping (draining requests, then pods; a second Ctrl-C skips the wait)")
         return 0
     finally:
+        await _stop(plane, opts.drain_timeout, force)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        # A second Ctrl-C while stopping is ignored: the children are stopped in order either way.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        await plane.stop(opts.drain_timeout)
         log.info("zeroscale up: stopped")
+
+
+async def _stop(plane: UpPlane, drain_timeout: float, force: asyncio.Event) -> None:
+    """Drain and stop in order; ``force`` (a second signal) cuts the drain short and kills the pods."""
+    orderly = asyncio.create_task(plane.stop(drain_timeout))
+    forced = asyncio.create_task(force.wait())
+    try:
+        await asyncio.wait({orderly, forced}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        forced.cancel()
+        if not orderly.done():
+            orderly.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await orderly
+            await plane.close_runtime(5.0, kill_first=True)
 
 
 def main(argv: list[str]) -> int:

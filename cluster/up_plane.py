@@ -139,9 +139,31 @@ class UpPlane:
             await self.gateway.shutdown(drain_timeout)
         for task in list(self._background):
             task.cancel()
-        await self.runtime.close(timeout=drain_timeout)
+        await self.close_runtime(drain_timeout)
         if self.scraper is not None:
             await self.scraper.close()
+
+    async def close_runtime(self, timeout: float, *, kill_first: bool = False) -> None:
+        """Stop every pod: drained within ``timeout`` (or at once with ``kill_first``), then SIGKILL.
+
+        The SIGKILL of every pod's process groups at the end is ours: LocalRuntime.close() cancels
+        the pods still draining at its timeout, and a pod cancelled in its graceful stop leaves its
+        processes running (it only kills those of pods still listed).
+        """
+        procs = [
+            proc
+            for key in self.runtime.revisions()
+            for pod in self.runtime.pods(key)
+            for proc in (pod.user, pod.queue)
+        ]
+        if kill_first:
+            for proc in procs:
+                proc.kill_now()
+        try:
+            await self.runtime.close(timeout=timeout)
+        finally:
+            for proc in procs:
+                proc.kill_now()  # no-op for a group that is gone
 
     # -- the ControlPlane ------------------------------------------------------------------------
 

@@ -242,3 +242,35 @@ def test_a_bad_configmap_stops_start_up_with_exit_2_naming_the_key(tmp_path: Pat
     argv = [PYTHON, "-m", "cluster", "up", "-f", str(HELLO), "--config", str(cfg), "--port", "0"]
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "stable-window" in r.stderr, r.stderr
+
+
+async def test_stop_lets_requests_finish_and_a_second_signal_cuts_the_wait() -> None:
+    with up_process("-f", AUTOSCALE) as up:  # Knative's defaults: one pod at creation
+        await up.wait_up()
+
+        async def ready() -> bool:
+            return bool((await up.arevision("autoscale"))["ready_pods"] == 1)
+
+        await up.poll(ready, timeout=30, what="the first pod is ready")
+        long = asyncio.create_task(get_once(up.port, AUTOSCALE_HOST, "/?sleep=60000", timeout=90))
+        short = asyncio.create_task(get_once(up.port, AUTOSCALE_HOST, "/?sleep=3000", timeout=90))
+
+        async def in_flight() -> bool:
+            return bool(((await up.arevision("autoscale"))["concurrency"] or 0) > 0)
+
+        await up.poll(in_flight, timeout=30, what="the autoscaler sees the requests in flight")
+        up.track()
+        up.proc.send_signal(signal.SIGINT)
+        status, _ = await asyncio.wait_for(short, timeout=30)
+        assert status == 200  # the drain let it finish
+        assert up.proc.poll() is None  # still draining: the long request is in flight
+        t0 = time.monotonic()
+        up.proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(up.proc.wait, 30) == 0
+        assert time.monotonic() - t0 < 20
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(long, timeout=10)  # cut: an error or a 5xx, but no hang
+        assert long.done()
+        alive = [p for p in up.seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert alive == [], [p.cmdline() for p in alive]
+        assert "second signal" in up.log
