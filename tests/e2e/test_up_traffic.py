@@ -52,8 +52,13 @@ data:
 
 
 def traffic_of(status: dict[str, Any]) -> dict[str, int]:
+    return traffic_of_service(status, "web")
+
+
+def traffic_of_service(status: dict[str, Any], name: str) -> dict[str, int]:
+    svc = next(s for s in status["services"] if s["name"] == name)
     out: dict[str, int] = {}
-    for t in web(status)["traffic"]:
+    for t in svc["traffic"]:
         if t["percent"]:
             out[t["revision"]] = out.get(t["revision"], 0) + t["percent"]
     return out
@@ -149,3 +154,36 @@ async def test_rollout_split_refusal_and_delete_under_steady_load(tmp_path: Path
         status, _ = await get_once(up.port, HOST, "/")
         assert status == 404
         assert up.stop(signal.SIGTERM) == 0
+
+
+async def test_blue_green_example_serves_its_tags_and_split_on_a_custom_domain() -> None:
+    bg = ROOT / "examples" / "blue-green"
+    with up_process("-f", bg / "service-blue.yaml", "--domain", "test.local") as up:
+        await up.wait_up()
+        status, body = await get_once(up.port, "blue-green.default.test.local", "/", timeout=60)
+        assert status == 200 and body.startswith(b"blue (revision blue-green-blue)"), body
+        r = await asyncio.to_thread(up.cli, "apply", "-f", bg / "service-green.yaml")
+        assert r.returncode == 0, r.stderr
+
+        async def split() -> bool:
+            return traffic_of_service(await up.astatus(), "blue-green") == {
+                "blue-green-blue": 60,
+                "blue-green-green": 40,
+            }
+
+        await up.poll(split, timeout=40, what="a 60/40 blue/green split")
+        for host, color in [
+            ("blue-blue-green.default.test.local", b"blue"),
+            ("green-blue-green.default.test.local", b"green"),
+            ("latest-blue-green.default.test.local", b"green"),  # tag on latestRevision, 0 %
+        ]:
+            status, body = await get_once(up.port, host, "/", timeout=60)
+            assert status == 200 and body.startswith(color), (host, body)
+        seen = [(await get_once(up.port, "blue-green.default.test.local", "/"))[1][:4] for _ in range(20)]
+        assert set(seen) == {b"blue", b"gree"}
+        svc = next(s for s in (await up.astatus())["services"] if s["name"] == "blue-green")
+        assert svc["url"] == "http://blue-green.default.test.local"
+        tags = {t["tag"]: t["url"] for t in svc["traffic"] if t["tag"]}
+        assert tags["green"] == "http://green-blue-green.default.test.local"
+        status, _ = await get_once(up.port, "nope.default.test.local", "/")
+        assert status == 404
