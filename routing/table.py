@@ -95,16 +95,24 @@ class RouteTable:
     ) -> None:
         rng = rng or random.Random()
         self.domain = domain.lower().strip(".")
+        # Cluster-local domains (svc.cluster.local) also answer to the short names Kubernetes clients
+        # use: hello.default.svc and hello.default, as Knative's cluster-local gateway does.
+        domains = [self.domain]
+        if self.domain.startswith("svc."):
+            domains += ["svc", ""]
         hosts: dict[str, _HostEntry] = {}
         for spec in routes:
             by_tag: dict[str, Route] = {}
             for tag, split in spec.traffic.tags.items():
                 route = Route(spec.name, spec.namespace, split, tag, rng)
                 by_tag[tag] = route
-                self._add(hosts, tag_host(tag, spec.name, spec.namespace, self.domain), _HostEntry(route))
+                tag_entry = _HostEntry(route)
+                for d in domains:
+                    self._add(hosts, tag_host(tag, spec.name, spec.namespace, d).rstrip("."), tag_entry)
             default = Route(spec.name, spec.namespace, spec.traffic.default, None, rng)
-            host = default_host(spec.name, spec.namespace, self.domain)
-            self._add(hosts, host, _HostEntry(default, by_tag))
+            entry = _HostEntry(default, by_tag)
+            for d in domains:
+                self._add(hosts, default_host(spec.name, spec.namespace, d).rstrip("."), entry)
         self._hosts = hosts
 
     @staticmethod

@@ -105,3 +105,22 @@ def test_swap_is_one_reference() -> None:
 )
 def test_normalize_host(raw: str, want: str) -> None:
     assert normalize_host(raw) == want
+
+
+def test_cluster_local_short_names() -> None:
+    flat = flatten(
+        parse_traffic([{"revisionName": "r", "percent": 100, "tag": "t"}]), revisions={"r"}, latest_ready="r"
+    )
+    table = RouteTable([RouteSpec("hello", "prod", flat)])
+    assert table.hosts() == [
+        "hello.prod",
+        "hello.prod.svc",
+        "hello.prod.svc.cluster.local",
+        "t-hello.prod",
+        "t-hello.prod.svc",
+        "t-hello.prod.svc.cluster.local",
+    ]
+    assert RouteTable([RouteSpec("hello", "prod", flat)], domain="example.com").hosts() == [
+        "hello.prod.example.com",
+        "t-hello.prod.example.com",
+    ]
