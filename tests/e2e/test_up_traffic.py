@@ -65,7 +65,11 @@ def traffic_of_service(status: dict[str, Any], name: str) -> dict[str, int]:
 
 
 def web(status: dict[str, Any]) -> dict[str, Any]:
-    svc: dict[str, Any] = next(s for s in status["services"] if s["name"] == "web")
+    return web_of(status, "web")
+
+
+def web_of(status: dict[str, Any], name: str) -> dict[str, Any]:
+    svc: dict[str, Any] = next(s for s in status["services"] if s["name"] == name)
     return svc
 
 
@@ -187,3 +191,53 @@ async def test_blue_green_example_serves_its_tags_and_split_on_a_custom_domain()
         assert tags["green"] == "http://green-blue-green.default.test.local"
         status, _ = await get_once(up.port, "nope.default.test.local", "/")
         assert status == 404
+
+
+def named(rev: str, version: str) -> str:
+    return f"""apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: flip
+spec:
+  template:
+    metadata:
+      name: {rev}
+    spec:
+      containers:
+        - command: [python3, {HELLO_APP}]
+          env:
+            - name: TARGET
+              value: "v{version}"
+  traffic:
+    - revisionName: {rev}
+      percent: 100
+"""
+
+
+async def test_traffic_flips_ten_times_between_two_revisions_without_a_failed_request(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(named("flip-a", "1"))
+    b.write_text(named("flip-b", "2"))
+    with up_process("-f", a) as up:
+        await up.wait_up()
+        load = LoadClient(up.port, "flip.default.example.com", "/", workers=4, max_seconds=120)
+        load.start()
+        try:
+            for i in range(10):
+                target = "flip-b" if i % 2 == 0 else "flip-a"
+                r = await asyncio.to_thread(up.cli, "apply", "-f", b if target == "flip-b" else a)
+                assert r.returncode == 0, r.stderr
+                marker = f"(revision {target})".encode()
+                seen = sum(n for body, n in load.bodies.items() if body.endswith(marker))
+
+                async def moved(marker: bytes = marker, seen: int = seen) -> bool:
+                    now = sum(n for body, n in load.bodies.items() if body.endswith(marker))
+                    return now >= seen + 20  # answers keep coming from the revision now routed
+
+                await up.poll(moved, timeout=40, what=f"flip {i + 1}: {target} answers")
+        finally:
+            await load.stop()
+        assert load.failed == 0 and load.sent > 200, load.statuses
+        names = [rev["name"] for rev in web_of(await up.astatus(), "flip")["revisions"]]
+        assert sorted(names) == ["flip-a", "flip-b"]  # flipping made no new revision
+        print(f"ten flips: {load.summary()}")
