@@ -12,6 +12,7 @@ request tries another pod. A response that waited for a cold start carries
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -144,6 +145,7 @@ class Activator:
             ["namespace", "revision", "code"],
             registry=self.registry,
         )
+        self._response_children: dict[tuple[RevisionKey, int], Any] = {}
         self.registry.register(_ThrottlerCollector(self))
 
     # -- revisions -------------------------------------------------------------------------------
@@ -174,6 +176,12 @@ class Activator:
         if rev.backends is not None:
             await rev.backends.close()
         rev.throttler.update_pods([])  # in-flight requests finish; their pools close after them
+        for k in [k for k in self._response_children if k[0] == key]:
+            del self._response_children[k]
+            with contextlib.suppress(KeyError):
+                self.responses.remove(key.namespace, key.name, str(k[1]))
+        with contextlib.suppress(KeyError):
+            self.cold_starts.remove(key.namespace, key.name)
 
     def has_revision(self, key: RevisionKey) -> bool:
         return key in self._revs
@@ -241,7 +249,12 @@ class Activator:
         finally:
             self.sweeper.untrack(entry)
             self.reporter.request_out(key)
-        self.responses.labels(key.namespace, key.name, str(status)).inc()
+        child = self._response_children.get((key, status))
+        if child is None:  # labels() takes a lock and builds a tuple: keep the children
+            child = self._response_children[(key, status)] = self.responses.labels(
+                key.namespace, key.name, str(status)
+            )
+        child.inc()
 
     async def _throttled(
         self, rev: _Revision, req: Request, resp: Responder, headers: list[tuple[bytes, bytes]], start: float
