@@ -153,31 +153,31 @@ class FrameScanner:
         self._block = -1  # bytes of the header block in progress; -1 when none is open
 
     def feed(self, data: bytes, now: float) -> tuple[bytes, list[GoAway]]:
-        out = bytearray()
         goaways: list[GoAway] = []
+        cuts: list[tuple[int, int]] = []  # ranges of data not handed on (GOAWAYs, a partial header)
+        prefix = b""  # the first bytes of a header that began in the previous feed
         i, n = 0, len(data)
         if self._preface_left:
-            take = min(self._preface_left, n)
-            out += data[:take]  # h2 checks the preface itself
-            self._preface_left -= take
-            i = take
+            i = min(self._preface_left, n)  # passed on: h2 checks the preface itself
+            self._preface_left -= i
         while i < n:
             if self._left:
                 take = min(self._left, n - i)
                 if self._hold is not None:
                     self._hold += data[i : i + take]
-                else:
-                    out += data[i : i + take]
+                    cuts.append((i, i + take))
                 i += take
                 self._left -= take
                 if not self._left and self._hold is not None:
                     goaways.append(self._goaway(bytes(self._hold)))
                     self._hold = None
                 continue
-            take = min(9 - len(self._head), n - i)
+            start, had = i, len(self._head)
+            take = min(9 - had, n - i)
             self._head += data[i : i + take]
             i += take
             if len(self._head) < 9:
+                cuts.append((start, i))  # kept back until we know what frame it starts
                 break
             head = bytes(self._head)
             self._head.clear()
@@ -187,12 +187,21 @@ class FrameScanner:
             self._check(length, ftype, flags, stream_id, now)
             self._left = length
             if ftype == _GOAWAY:
+                cuts.append((start, i))
                 self._hold = bytearray()
                 if not length:
                     raise GuardError(FRAME_SIZE_ERROR, "GOAWAY frame without payload")
-            else:
-                out += head
-        return bytes(out), goaways
+            elif had:
+                prefix = head[:had]  # only ever at the start of data (after the preface)
+        if not cuts and not prefix:
+            return data, goaways  # the common case: nothing copied
+        pieces = [prefix]
+        pos = 0
+        for a, b in cuts:
+            pieces.append(data[pos:a])
+            pos = b
+        pieces.append(data[pos:])
+        return b"".join(pieces), goaways
 
     def _check(self, length: int, ftype: int, flags: int, stream_id: int, now: float) -> None:
         if length > self.max_frame_size:

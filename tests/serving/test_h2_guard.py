@@ -50,6 +50,21 @@ def test_scanner_passes_a_valid_stream_unchanged_at_any_split() -> None:
         assert out == stream
 
 
+def test_scanner_takes_goaway_out_at_any_split() -> None:
+    before = PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS, 1, b"h" * 40)
+    after = frame(DATA, 1, 1, b"d" * 3000) + frame(PING, 0, 0, b"12345678")
+    stream = before + goaway_frame(1, 0, b"later") + after
+    for step in (1, 2, 5, 9, 10, 17, 64, len(stream)):
+        sc = _scanner()
+        outs, goaways = [], []
+        for i in range(0, len(stream), step):
+            out, got = sc.feed(stream[i : i + step], 0.0)
+            outs.append(out)
+            goaways += got
+        assert b"".join(outs) == before + after, step
+        assert goaways == [GoAway(1, 0, b"later")]
+
+
 def test_scanner_takes_goaway_out_and_reports_it() -> None:
     sc = _scanner(preface=False)
     data = frame(PING, 0, 0, b"12345678") + goaway_frame(7, 0, b"bye") + frame(DATA, 1, 7, b"x")
