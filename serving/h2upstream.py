@@ -104,6 +104,31 @@ class H2Upstream:
                 if useless >= 2:
                     raise UpstreamError(f"upstream {self.host}:{self.port} accepts no new streams")
 
+    async def probe(
+        self, target: bytes, headers: list[tuple[bytes, bytes]] | None = None, *, timeout: float = 1.0
+    ) -> int:
+        """GET ``target`` over h2c and return the status, without reading the body: readiness probes of
+        h2c apps (an HTTP/1.1 probe would fail on a gRPC server). UpstreamError when it cannot answer."""
+        fields = [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"%s:%d" % (self.host.encode(), self.port)),
+            (b":path", target),
+            *h2_fields(headers or []),
+        ]
+        try:
+            async with asyncio.timeout(timeout):
+                st = (await self.connection()).open(fields, end_stream=True)
+                try:
+                    await st.read_head()
+                    return st.status
+                finally:
+                    st.close()
+        except (ConnectionError, OSError, TimeoutError) as e:
+            raise UpstreamError(
+                f"probe {self.host}:{self.port}{target.decode('latin-1')}: {e or 'timeout'}"
+            ) from e
+
     def _dial_done(self, task: asyncio.Task[H2ClientConn]) -> None:
         if self._dialing is task:
             self._dialing = None

@@ -244,3 +244,25 @@ async def test_closing_the_pool_lets_running_streams_finish() -> None:
         await proxy.shutdown(1.0)
         up.abort()
         await app_srv.shutdown(1.0)
+
+
+async def test_probe_an_h2c_app() -> None:
+    async def app(req: Request, resp: Responder) -> None:
+        if req.target == b"/ready" and req.headers.get(b"k-kubelet-probe") == b"queue":
+            await resp.start(200, [])
+            await resp.write(b"x" * 100_000)  # not read by the probe
+            return
+        await resp.send(503, b"no")
+
+    srv = await serve_h2(app, "127.0.0.1", 0)
+    up = H2Upstream("127.0.0.1", srv.port)
+    try:
+        assert await up.probe(b"/ready", [(b"k-kubelet-probe", b"queue")]) == 200
+        assert await up.probe(b"/other") == 503
+        await until(lambda: up.in_use == 0, what="probe streams closed")
+        dead = H2Upstream("127.0.0.1", 1)
+        with pytest.raises(UpstreamError, match="dial tcp"):
+            await dead.probe(b"/ready")
+    finally:
+        await up.close()
+        await srv.shutdown(1.0)
