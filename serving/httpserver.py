@@ -73,22 +73,50 @@ class _BadRequest(Exception):
         self.status = status
 
 
+_REASONS: dict[int, bytes] = {int(s): s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {code: b"HTTP/1.1 %d %s\r\n" % (code, r) for code, r in _REASONS.items()}
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+# The header fields the engine itself looks at; every other field is only collected.
+_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+
+
 def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
+    return _REASONS.get(status, b"Unknown")
 
 
-_date_cache: list[Any] = [0, b""]
+def _status_line(status: int, reason: bytes | None) -> bytes:
+    if reason is None:
+        line = _STATUS_LINES.get(status)
+        if line is not None:
+            return line
+        reason = b"Unknown"
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+_date_cache: list[Any] = [0, b"", b""]
 
 
 def _http_date() -> bytes:
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = formatdate(now, usegmt=True).encode()
+        _refresh_date(now)
     return bytes(_date_cache[1])
+
+
+def _date_line() -> bytes:
+    """The whole "date: ...\r\n" field line, formatted once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _refresh_date(now)
+    line: bytes = _date_cache[2]
+    return line
+
+
+def _refresh_date(now: int) -> None:
+    date = formatdate(now, usegmt=True).encode()
+    _date_cache[0] = now
+    _date_cache[1] = date
+    _date_cache[2] = b"date: " + date + b"\r\n"
 
 
 class Request:
@@ -114,14 +142,20 @@ class Request:
     )
 
     def __init__(
-        self, proto: HttpProtocol, method: bytes, target: bytes, version: bytes, headers: Headers
+        self,
+        proto: HttpProtocol,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: Headers,
+        host: bytes | None = None,
     ) -> None:
         self._proto = proto
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
-        self.host = headers.get(b"host", b"") or b""
+        self.host = host if host is not None else headers.get(b"host", b"") or b""
         self.client = proto.peer
         self.upgrade: bytes | None = None
         self.content_length: int | None = None
@@ -199,6 +233,7 @@ class Responder:
         "_no_body",
         "_proto",
         "_request",
+        "_task",
         "keep_alive",
         "last_write",
         "started",
@@ -216,6 +251,7 @@ class Responder:
         self._no_body = False
         self._ended = False
         self._head: bytes | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def ended(self) -> bool:
@@ -230,45 +266,53 @@ class Responder:
         flush: bool = True,
     ) -> None:
         """Write the status line and headers. With flush=False they go out with the first write or end."""
+        head = self._make_head(status, headers, reason)
+        if flush:
+            self._proto.write_raw(head)
+        else:
+            self._head = head
+
+    def _make_head(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
+        reason: bytes | None,
+    ) -> bytes:
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
         self.status = status
         req = self._request
         has_cl = has_date = False
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
+        parts = [_status_line(status, reason)]
         for name, value in headers:
             if name == b"content-length":
                 has_cl = True
             elif name == b"date":
                 has_date = True
-            lines.append(b"%s: %s\r\n" % (name, value))
+            parts += (name, b": ", value, b"\r\n")
         if status == 101:
             self._no_body = True
             self.keep_alive = False
         else:
-            self._no_body = req.method == b"HEAD" or status < 200 or status in (204, 304)
-            if not self._no_body and not has_cl:
+            no_body = self._no_body = req.method == b"HEAD" or status < 200 or status == 204 or status == 304
+            if not no_body and not has_cl:
                 if req.version == b"1.1":
                     self._chunked = True
-                    lines.append(b"transfer-encoding: chunked\r\n")
+                    parts.append(b"transfer-encoding: chunked\r\n")
                 else:
                     self.keep_alive = False
-            if not self._proto.keep_alive_allowed():
+            if self._proto.server.stopping:
                 self.keep_alive = False
             if not self.keep_alive:
-                lines.append(b"connection: close\r\n")
+                parts.append(b"connection: close\r\n")
             elif req.version == b"1.0":
-                lines.append(b"connection: keep-alive\r\n")
+                parts.append(b"connection: keep-alive\r\n")
             if not has_date:
-                lines.append(b"date: %s\r\n" % _http_date())
-        lines.append(b"\r\n")
-        head = b"".join(lines)
+                parts.append(_date_line())
+        parts.append(b"\r\n")
         self.last_write = time.monotonic()
-        if flush:
-            self._proto.write_raw(head)
-        else:
-            self._head = head
+        return b"".join(parts)
 
     async def write(self, data: bytes) -> None:
         if not self.started:
@@ -282,20 +326,25 @@ class Responder:
             self._head = None
         else:
             head = b""
+        proto = self._proto
         if self._chunked:
-            self._proto.write_raw(b"%s%x\r\n%s\r\n" % (head, len(data), data))
+            proto.write_raw(b"%s%x\r\n%s\r\n" % (head, len(data), data))
         elif head:
-            self._proto.write_raw(head + data)
+            proto.write_raw(head + data)
         else:
-            self._proto.write_raw(data)
+            proto.write_raw(data)
         self.last_write = time.monotonic()
-        await self._proto.drain()
+        if proto._paused_writing or proto._closed:
+            await proto.drain()
 
     async def end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         if self._ended:
             return
         if not self.started:
             await self.start(204 if self._request.method != b"HEAD" else 200, [(b"content-length", b"0")])
+        self._end(trailers)
+
+    def _end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         self._ended = True
         tail = self._head or b""
         self._head = None
@@ -323,6 +372,23 @@ class Responder:
             await self.write(data)
         await self.end()
 
+    def _whole(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
+        body: bytes,
+        trailers: list[tuple[bytes, bytes]] | None,
+    ) -> None:
+        """Head, the whole body and the end in one write (forward's path for answers already buffered)."""
+        head = self._make_head(status, headers, None)
+        if not body or self._no_body:
+            self._head = head
+        elif self._chunked:
+            self._head = b"%s%x\r\n%s\r\n" % (head, len(body), body)
+        else:
+            self._head = head + body
+        self._end(trailers)
+
     def abort(self) -> None:
         """Close the client connection at once (a response cut short must not look complete)."""
         self._ended = True
@@ -337,23 +403,26 @@ class Responder:
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
 
+_NO_DEADLINE, _HEADER_DEADLINE, _KEEPALIVE_DEADLINE = 0, 1, 2
+
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_body_paused",
         "_closed",
+        "_deadline",
+        "_deadline_kind",
         "_drain_waiters",
         "_header_bytes",
         "_headers",
-        "_keepalive_handle",
         "_loop",
         "_paused_writing",
         "_pipeline",
         "_read_paused",
         "_request",
         "_responder",
+        "_special",
         "_task",
-        "_timer",
         "_upgraded",
         "_url",
         "limits",
@@ -372,13 +441,16 @@ class HttpProtocol(asyncio.Protocol):
         self.peer: tuple[str, int] | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._special: list[tuple[bytes, bytes]] = []  # the _FRAMING fields among _headers
         self._header_bytes = 0
         self._request: Request | None = None
         self._responder: Responder | None = None
         self._task: asyncio.Task[None] | None = None
         self._pipeline: deque[Request] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._keepalive_handle: asyncio.TimerHandle | None = None
+        # One deadline per connection (header or keep-alive), checked by the server's periodic sweep:
+        # arming it is a float store, where a loop timer per request costs a heap entry and a cancel.
+        self._deadline = 0.0
+        self._deadline_kind = _NO_DEADLINE
         self._paused_writing = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._body_paused = False
@@ -397,12 +469,12 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
         self.server.connections.add(self)
-        self._arm_timer(self.limits.header_timeout, self._on_header_timeout)
+        self._arm(_HEADER_DEADLINE, self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.server.connections.discard(self)
-        self._cancel_timer()
+        self._deadline_kind = _NO_DEADLINE
         err = exc or ConnectionResetError("client closed the connection")
         if self._request is not None and not self._request._complete:
             self._request._finish(err)
@@ -471,17 +543,22 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     # -- timers --------------------------------------------------------------------------------
-    def _arm_timer(self, delay: float, cb: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(delay, cb)
+    def _arm(self, kind: int, delay: float) -> None:
+        self._deadline = self._loop.time() + delay
+        self._deadline_kind = kind
+        self.server._ensure_sweep()
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _check_deadline(self, now: float) -> None:
+        kind = self._deadline_kind
+        if kind == _NO_DEADLINE or now < self._deadline:
+            return
+        self._deadline_kind = _NO_DEADLINE
+        if kind == _HEADER_DEADLINE:
+            self._on_header_timeout()
+        else:
+            self._idle_timeout()
 
     def _on_header_timeout(self) -> None:
-        self._timer = None
         if self._url or self._headers:
             self._reject(408, "request header timeout")
         else:
@@ -527,9 +604,10 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._special = []
         self._header_bytes = 0
-        if self._timer is None and self._task is None:
-            self._arm_timer(self.limits.header_timeout, self._on_header_timeout)
+        if self._task is None and self._deadline_kind != _HEADER_DEADLINE:
+            self._arm(_HEADER_DEADLINE, self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -538,16 +616,40 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes or len(self._headers) >= self.limits.max_headers:
+        limits = self.limits
+        if self._header_bytes > limits.max_header_bytes or len(self._headers) >= limits.max_headers:
             raise _BadRequest(431, "request header fields too large")
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
+        if name in _FRAMING:
+            self._special.append((name, value))
 
     def on_headers_complete(self) -> None:
-        headers = Headers(self._headers)
+        # The framing fields were set aside while parsing: this looks at those few, not at every field.
+        host: bytes | None = None
+        hosts = 0
+        cls: list[bytes] = []
+        te: list[bytes] = []
+        expect: bytes | None = None
+        upgrade: bytes | None = None
+        for name, value in self._special:
+            if name == b"host":
+                hosts += 1
+                if host is None:
+                    host = value
+            elif name == b"content-length":
+                cls.append(value)
+            elif name == b"transfer-encoding":
+                te.append(value)
+            elif name == b"expect":
+                if expect is None:
+                    expect = value
+            elif upgrade is None:
+                upgrade = value
         p = self.parser
-        req = Request(self, p.get_method(), self._url, p.get_http_version().encode(), headers)
-        cls = headers.get_all(b"content-length")
-        te = headers.get_all(b"transfer-encoding")
+        raw_version = p.get_http_version()
+        version = _VERSIONS.get(raw_version) or raw_version.encode()
+        req = Request(self, p.get_method(), self._url, version, Headers(self._headers), host or b"")
         if len(cls) > 1:
             raise _BadRequest(400, "duplicate Content-Length")
         if cls and te:
@@ -563,17 +665,17 @@ class HttpProtocol(asyncio.Protocol):
             req.chunked = True
         if req.method == b"CONNECT":
             raise _BadRequest(405, "CONNECT is not supported")
-        if req.version == b"1.1" and not req.host:
+        if hosts == 0 and req.version == b"1.1":
             raise _BadRequest(400, "missing Host header")
-        if len(headers.get_all(b"host")) > 1:
+        if hosts > 1:
             raise _BadRequest(400, "duplicate Host header")
         req.keep_alive = bool(p.should_keep_alive())
-        if p.should_upgrade():
-            req.upgrade = (headers.get(b"upgrade") or b"").strip()
-        expect = headers.get(b"expect")
-        if expect is not None and expect.lower() == b"100-continue" and req.has_body:
+        if upgrade is not None and p.should_upgrade():
+            req.upgrade = upgrade.strip()
+        has_body = req.chunked or bool(req.content_length)
+        if expect is not None and has_body and expect.lower() == b"100-continue":
             req._expect_continue = True
-        if not req.has_body and req.upgrade is None:
+        if not has_body and req.upgrade is None:
             req._complete = True
         self._url = b""
         self._headers = []
@@ -585,14 +687,11 @@ class HttpProtocol(asyncio.Protocol):
         self._begin(req)
 
     def _begin(self, req: Request) -> None:
-        self._cancel_timer()
-        if self._keepalive_handle is not None:
-            self._keepalive_handle.cancel()
-            self._keepalive_handle = None
+        self._deadline_kind = _NO_DEADLINE
         self._request = req
-        self._responder = Responder(self, req)
+        resp = self._responder = Responder(self, req)
         self.server.active += 1
-        self._task = self._loop.create_task(self._run(req, self._responder))
+        self._task = resp._task = self._loop.create_task(self._run(req, resp))
 
     def on_body(self, body: bytes) -> None:
         req = self._pipeline[-1] if self._pipeline else self._request
@@ -615,7 +714,7 @@ class HttpProtocol(asyncio.Protocol):
     async def _run(self, req: Request, resp: Responder) -> None:
         try:
             await self.server.handler(req, resp)
-            if not resp.ended and not self._closed:
+            if not resp._ended and not self._closed:
                 await resp.end()
         except asyncio.CancelledError:
             if not self._closed:
@@ -631,9 +730,9 @@ class HttpProtocol(asyncio.Protocol):
             self.close()
         finally:
             self.server.active -= 1
-            if self._task is asyncio.current_task():
+            if self._task is resp._task:
                 self._task = None
-            if not resp.ended:
+            if not resp._ended:
                 self.close()
 
     def response_done(self, resp: Responder) -> None:
@@ -654,7 +753,7 @@ class HttpProtocol(asyncio.Protocol):
             self._begin(nxt)
             self._update_reading()
         else:
-            self._keepalive_handle = self._loop.call_later(self.limits.keepalive_timeout, self._idle_timeout)
+            self._arm(_KEEPALIVE_DEADLINE, self.limits.keepalive_timeout)
 
     def _idle_timeout(self) -> None:
         if self._task is None and not self._url and not self._headers:
@@ -677,6 +776,21 @@ class HttpServer:
         self.stopping = False
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
+        self._sweep: asyncio.TimerHandle | None = None
+        # Deadlines are checked this often: a header or keep-alive timeout fires at most one tick late.
+        self._tick = max(0.01, min(1.0, limits.header_timeout / 10, limits.keepalive_timeout / 10))
+
+    def _ensure_sweep(self) -> None:
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(self._tick, self._run_sweep)
+
+    def _run_sweep(self) -> None:
+        self._sweep = None
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn._check_deadline(now)
+        if self.connections:
+            self._sweep = self.loop.call_later(self._tick, self._run_sweep)
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -694,6 +808,9 @@ class HttpServer:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
+        if self._sweep is not None and not self.connections:
+            self._sweep.cancel()
+            self._sweep = None
 
 
 async def serve(

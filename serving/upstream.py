@@ -34,12 +34,16 @@ class UpstreamError(Exception):
 
 def strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Drop the fields RFC 9110 7.6.1 says a proxy must not forward, including those named in Connection."""
-    named: set[bytes] = set()
+    named: set[bytes] | None = None
     for name, value in headers:
         if name == b"connection":
-            named |= connection_tokens(value)
+            named = connection_tokens(value) if named is None else named | connection_tokens(value)
     drop = HOP_BY_HOP | named if named else HOP_BY_HOP
     return [(n, v) for n, v in headers if n not in drop]
+
+
+# What _request_head never copies from the caller's fields: hop-by-hop ones, and framing that is ours.
+_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 
 
 class _Conn(asyncio.Protocol):
@@ -51,6 +55,7 @@ class _Conn(asyncio.Protocol):
         "_drain",
         "_got_bytes",
         "_head",
+        "_hop",
         "_paused_reading",
         "_paused_writing",
         "_waiter",
@@ -89,6 +94,7 @@ class _Conn(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.trailers: list[tuple[bytes, bytes]] = []
         self._head = False
+        self._hop = False  # a hop-by-hop field is among the response headers
         self._body: deque[bytes] = deque()
         self._body_bytes = 0
         self.complete = False
@@ -156,15 +162,19 @@ class _Conn(asyncio.Protocol):
 
     # -- parser callbacks ----------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
         if self._head:
-            self.trailers.append((name.lower(), value))
+            self.trailers.append((name, value))
         else:
-            self.headers.append((name.lower(), value))
+            self.headers.append((name, value))
+            if name in HOP_BY_HOP:
+                self._hop = True
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.headers = []  # an interim response (100 Continue, 103): not relayed
+            self._hop = False
             return
         self.status = status
         self._head = True
@@ -210,6 +220,17 @@ class _Conn(asyncio.Protocol):
             if self.error is not None or self.closed:
                 raise self.error or ConnectionResetError("upstream closed the connection")
             await self._wait()
+
+    def take_all(self) -> bytes:
+        """Every buffered body byte of a complete message."""
+        body = self._body
+        data = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._body_bytes = 0
+        if self._paused_reading and self.transport is not None and not self.closed:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return data
 
     def buffered(self) -> bool:
         return bool(self._body) or self.complete
@@ -317,28 +338,36 @@ class Upstream:
 def _request_head(
     req: Request, headers: list[tuple[bytes, bytes]], target: bytes | None, host: str, port: int
 ) -> bytes:
-    out = strip_hop_by_hop(headers)
-    lines = [b"%s %s HTTP/1.1\r\n" % (req.method, target if target is not None else req.target)]
+    named: set[bytes] | None = None
     host_value: bytes | None = None
-    for name, value in out:
-        if name == b"host":
-            if host_value is None:
-                host_value = value
-            continue
-        if name in (b"content-length", b"expect"):
-            continue  # framing is ours; 100-continue is answered by our own server side
-        lines.append(b"%s: %s\r\n" % (name, value))
-    lines.insert(
-        1, b"host: %s\r\n" % (host_value if host_value is not None else b"%s:%d" % (host.encode(), port))
-    )
+    for name, value in headers:
+        if name == b"connection":
+            named = connection_tokens(value) if named is None else named | connection_tokens(value)
+        elif name == b"host" and host_value is None:
+            host_value = value
+    if host_value is None:
+        host_value = b"%s:%d" % (host.encode(), port)
+    parts = [
+        req.method,
+        b" ",
+        target if target is not None else req.target,
+        b" HTTP/1.1\r\nhost: ",
+        host_value,
+        b"\r\n",
+    ]
+    # framing is ours; 100-continue is answered by our own server side
+    drop = _NOT_FORWARDED | named if named else _NOT_FORWARDED
+    for name, value in headers:
+        if name not in drop:
+            parts += (name, b": ", value, b"\r\n")
     if req.upgrade is not None:
-        lines.append(b"connection: upgrade\r\nupgrade: %s\r\n" % req.upgrade)
+        parts.append(b"connection: upgrade\r\nupgrade: %s\r\n" % req.upgrade)
     elif req.content_length is not None:
-        lines.append(b"content-length: %d\r\n" % req.content_length)
+        parts.append(b"content-length: %d\r\n" % req.content_length)
     elif req.chunked:
-        lines.append(b"transfer-encoding: chunked\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+        parts.append(b"transfer-encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 async def _pump_body(req: Request, conn: _Conn) -> None:
@@ -374,7 +403,7 @@ async def forward(
             try:
                 conn.write(head)
                 if has_body:
-                    pump = asyncio.get_running_loop().create_task(_pump_body(req, conn))
+                    pump = conn.loop.create_task(_pump_body(req, conn))
                 await conn.read_head()
             except (ConnectionError, OSError, ValueError) as e:
                 if reused and attempt == 0 and not conn._got_bytes and not (has_body and req._body_started()):
@@ -402,8 +431,13 @@ async def forward(
 
 async def _relay_response(resp: Responder, conn: _Conn) -> int:
     status = conn.status
+    headers = strip_hop_by_hop(conn.headers) if conn._hop else conn.headers
+    if conn.complete and type(resp) is Responder:
+        # The whole answer is here already (the common small response): head, body and end in one write.
+        resp._whole(status, headers, conn.take_all(), conn.trailers or None)
+        return status
     # Small answers leave in one write together with the head; streams get their head at once.
-    await resp.start(status, strip_hop_by_hop(conn.headers), flush=not conn.buffered())
+    await resp.start(status, headers, flush=not conn.buffered())
     while True:
         try:
             data = await conn.read()
