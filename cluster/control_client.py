@@ -37,6 +37,12 @@ def format_status(status: dict[str, Any]) -> str:
         for t in svc.get("traffic", []):
             tag = f"  tag={t['tag']}" if t.get("tag") else ""
             lines.append(f"    {t['percent']:>3}%  {t['revision']}{tag}")
+        ro = svc.get("rollout")
+        if ro:
+            split = ", ".join(f"{r['revision']} {r['percent']}%" for r in ro.get("revisions", []))
+            nxt = ro.get("next_step_in")
+            when = f", next step of {ro.get('step_percent')}% in {nxt:.1f} s" if nxt is not None else ""
+            lines.append(f"  rollout: {split}{when}")
         lines.append("  revisions:")
         lines.append("    NAME                       DESIRED  READY  CONCURRENCY  PANIC  ACTIVATOR")
         for r in svc.get("revisions", []):

@@ -46,7 +46,12 @@ class UpOptions:
 
 
 def parse_args(argv: list[str]) -> UpOptions:
-    p = argparse.ArgumentParser(prog="zeroscale up", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="zeroscale up",
+        description="Run Knative Services on this machine, in the foreground: the gateway (routing and "
+        "activator), the autoscaler and the pods, each pod a user process and a queue-proxy. "
+        "Ctrl-C drains and stops everything.",
+    )
     p.add_argument(
         "-f", "--filename", action="append", required=True, help="Knative Service YAML (repeatable)"
     )

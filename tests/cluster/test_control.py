@@ -130,6 +130,20 @@ def test_status_table_shows_traffic_and_revisions() -> None:
     row = next(line for line in text.splitlines() if line.strip().startswith("hello-00001"))
     assert row.split() == ["hello-00001", "0", "0", "-", "no", "in", "path"]
     assert control_client.format_status({"services": []}) == "no services"
+    rolling = {
+        **STATUS["services"][0],
+        "rollout": {
+            "revisions": [
+                {"revision": "hello-00001", "percent": 66},
+                {"revision": "hello-00002", "percent": 34},
+            ],
+            "step_percent": 33,
+            "step_seconds": 1.0,
+            "next_step_in": 0.4,
+        },
+    }
+    text = control_client.format_status({"services": [rolling]})
+    assert "  rollout: hello-00001 66%, hello-00002 34%, next step of 33% in 0.4 s" in text
 
 
 async def test_the_cli_against_a_running_control_api(
