@@ -7,10 +7,12 @@ what it says was inside it is what was inside it (no framework task in between).
 * ``/sleep?ms=N[&id=X]``   answers ``slept N <revision>`` after N ms. With ``id``, and ``$FAULT_LOG``
                            set, it appends ``S X`` to that file when the request arrives and ``E X``
                            right after the whole answer was handed to the kernel (O_APPEND writes:
-                           they survive a SIGKILL).
+                           they survive a SIGKILL). ``$FAULT_LOG_DIR`` instead: the file is
+                           ``<dir>/<revision>-<pid>.log``, one per process.
 * ``/rev``                 ``<revision>`` (``$K_REVISION``) at once.
 * ``/headers``             JSON ``{"method", "target", "headers": [[name, value], ...]}`` as received.
-* ``/journal``             JSON list of the last requests received (method, target, headers), oldest
+* ``/journal``             JSON list of the last requests received (method, target, headers, ``t``:
+                           ``time.monotonic()`` on arrival, comparable across processes), oldest
                            first; ``/journal?clear=1`` empties it (these two are not journaled).
 * ``/inflight``            JSON ``{"now": n, "max": m}``: requests and websockets open right now.
 * ``/pid``                 the process id.
@@ -27,6 +29,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import httptools
@@ -131,6 +134,7 @@ class Conn(asyncio.Protocol):
                     "method": method,
                     "target": target,
                     "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in self.headers],
+                    "t": time.monotonic(),
                 }
             )
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -232,6 +236,9 @@ class Conn(asyncio.Protocol):
 
 
 async def main_async(port: int, host: str, log_path: str | None) -> None:
+    log_dir = os.environ.get("FAULT_LOG_DIR")
+    if log_dir:
+        log_path = os.path.join(log_dir, f"{os.environ.get('K_REVISION', 'none')}-{os.getpid()}.log")
     state = State(log_path)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Conn(state), host, port, backlog=1024)

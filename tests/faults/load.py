@@ -1,0 +1,154 @@
+"""A bounded load client that remembers every request: id, status, body, when it left and when it ended.
+
+``Load(port, host, path_fn, workers=...)`` runs ``workers`` keep-alive connections on 127.0.0.1, each
+sending one request after the other (``path_fn(id)`` gives the target of request ``id``) until
+``stop()``, ``max_seconds`` or ``max_requests``. ``resize(n)`` changes how many workers send (the load
+changes without a restart). Every request ends as exactly one ``Result``: an HTTP status, or the name
+of what went wrong (``timeout`` when no answer came within ``request_timeout``, ``closed`` when the
+connection ended without one). ``sent == len(results)`` after ``stop()``: nothing is left uncounted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Load", "Result"]
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: int
+    status: int | str
+    body: bytes
+    start: float
+    end: float
+
+
+class _Conn:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+    async def get(self, host: str, path: str) -> tuple[int, bytes]:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
+        assert self.reader is not None
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip().lower()
+        if fields.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    await self.reader.readuntil(b"\r\n")
+                    break
+                body += (await self.reader.readexactly(size + 2))[:-2]
+        elif "content-length" in fields:
+            body = await self.reader.readexactly(int(fields["content-length"]))
+        else:
+            body = await self.reader.read(65536)
+            await self.close()
+        if fields.get("connection") == "close":
+            await self.close()
+        return status, body[:4096]
+
+
+class Load:
+    def __init__(
+        self,
+        port: int,
+        host: str,
+        path_fn: Callable[[int], str],
+        *,
+        workers: int,
+        max_seconds: float = 60.0,
+        max_requests: int = 100_000,
+        request_timeout: float = 20.0,
+    ) -> None:
+        self.port, self.host, self.path_fn = port, host, path_fn
+        self.active = workers
+        self.max_seconds, self.max_requests, self.request_timeout = max_seconds, max_requests, request_timeout
+        self.results: list[Result] = []
+        self.sent = 0
+        self._next_id = 0
+        self._stop = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._started = 0.0
+
+    @property
+    def statuses(self) -> Counter[int | str]:
+        return Counter(r.status for r in self.results)
+
+    @property
+    def failed(self) -> list[Result]:
+        return [r for r in self.results if r.status != 200]
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self.resize(self.active)
+
+    def resize(self, workers: int) -> None:
+        self.active = workers
+        for i in range(workers):
+            if i not in self._tasks or self._tasks[i].done():
+                self._tasks[i] = asyncio.get_running_loop().create_task(self._worker(i))
+
+    async def _worker(self, index: int) -> None:
+        conn = _Conn(self.port)
+        try:
+            while (
+                index < self.active
+                and not self._stop.is_set()
+                and time.monotonic() - self._started < self.max_seconds
+                and self.sent < self.max_requests
+            ):
+                rid = self._next_id
+                self._next_id += 1
+                self.sent += 1
+                t0 = time.monotonic()
+                status: int | str
+                body = b""
+                try:
+                    async with asyncio.timeout(self.request_timeout):
+                        status, body = await conn.get(self.host, self.path_fn(rid))
+                except TimeoutError:
+                    status = "timeout"
+                    await conn.close()
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+                    status = "closed" if isinstance(e, asyncio.IncompleteReadError) else type(e).__name__
+                    await conn.close()
+                self.results.append(Result(rid, status, body, t0, time.monotonic()))
+        finally:
+            await conn.close()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks.values())
+
+    def summary(self) -> str:
+        elapsed = max((r.end for r in self.results), default=self._started) - self._started
+        rate = len(self.results) / elapsed if elapsed > 0 else 0.0
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items(), key=str))
+        return f"{len(self.results)} requests in {elapsed:.1f} s ({rate:.0f}/s): {codes}"
