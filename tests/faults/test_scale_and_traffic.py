@@ -48,7 +48,9 @@ async def test_scale_zero_to_n_and_back_repeatedly_under_changing_load(plane: Lo
             await plane.wait_pods(rev.key, ready=n, total=n)
             await plane.healthy_in_gateway(rev.key, n)
             before = len(load.results)
-            await until(lambda: len(load.results) - before >= 150, timeout=30, what="150 answers at scale")
+            await until(
+                lambda b=before: len(load.results) - b >= 150, timeout=30, what="150 answers at scale"
+            )
             load.resize(max(1, workers // 2))  # the load changes while the pods go away
             await plane.scale(rev.key, 0)
             await plane.wait_pods(rev.key, ready=0, total=0)
@@ -90,7 +92,9 @@ async def test_traffic_moves_between_revisions_ten_times_without_a_failure(
             for pct in steps:
                 before = len(load.results)
                 plane.route("web", {src: pct, dst: 100 - pct})
-                await until(lambda: len(load.results) - before >= 15, timeout=20, what="answers after a move")
+                await until(
+                    lambda b=before: len(load.results) - b >= 15, timeout=20, what="answers after a move"
+                )
     finally:
         await load.stop()
     assert load.sent == len(load.results)
