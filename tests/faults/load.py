@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tests.util import until
+
 __all__ = ["Load", "Result"]
 
 HOST = "127.0.0.1"
@@ -142,6 +144,11 @@ class Load:
                 self.results.append(Result(rid, status, body, t0, time.monotonic()))
         finally:
             await conn.close()
+
+    async def more(self, n: int, timeout: float = 30.0) -> None:
+        """Return once ``n`` more requests ended than when called (fail after ``timeout`` s)."""
+        target = len(self.results) + n
+        await until(lambda: len(self.results) >= target, timeout=timeout, what=f"{n} more answers")
 
     async def stop(self) -> None:
         self._stop.set()

@@ -47,10 +47,7 @@ async def test_scale_zero_to_n_and_back_repeatedly_under_changing_load(plane: Lo
             await plane.scale(rev.key, n)  # requests queued in the activator meanwhile are released now
             await plane.wait_pods(rev.key, ready=n, total=n)
             await plane.healthy_in_gateway(rev.key, n)
-            before = len(load.results)
-            await until(
-                lambda b=before: len(load.results) - b >= 150, timeout=30, what="150 answers at scale"
-            )
+            await load.more(150)
             load.resize(max(1, workers // 2))  # the load changes while the pods go away
             await plane.scale(rev.key, 0)
             await plane.wait_pods(rev.key, ready=0, total=0)
@@ -58,10 +55,7 @@ async def test_scale_zero_to_n_and_back_repeatedly_under_changing_load(plane: Lo
         # ... -> N once more: the requests that arrived at zero are served, then the load stops.
         await plane.scale(rev.key, 2)
         await plane.wait_pods(rev.key, ready=2, total=2)
-        before = len(load.results)
-        await until(
-            lambda: len(load.results) - before >= 50, timeout=30, what="answers after the last scale-up"
-        )
+        await load.more(50)
     finally:
         await load.stop()
     assert load.sent == len(load.results)
@@ -90,11 +84,8 @@ async def test_traffic_moves_between_revisions_ten_times_without_a_failure(
         for move in range(10):
             src, dst = names[move % 2], names[(move + 1) % 2]
             for pct in steps:
-                before = len(load.results)
                 plane.route("web", {src: pct, dst: 100 - pct})
-                await until(
-                    lambda b=before: len(load.results) - b >= 15, timeout=20, what="answers after a move"
-                )
+                await load.more(15)
     finally:
         await load.stop()
     assert load.sent == len(load.results)
