@@ -97,6 +97,7 @@ class UpPlane:
         self._unsubscribe: dict[RevisionKey, Any] = {}
         self._ready_count: dict[RevisionKey, int] = {}
         self._panic: dict[RevisionKey, bool] = {}
+        self._draining: dict[tuple[str, str], int] = {}  # deleted Services whose pods still drain
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -180,6 +181,13 @@ class UpPlane:
             raise SpecError(f"{source}: no Service document found")
         for svc in services:
             self._validate(svc)
+            if self._draining.get((svc.namespace, svc.name)):
+                # Its revisions would take the names of the deleted ones, whose pods still drain.
+                raise ConfigError(
+                    f"{source}, Service {svc.name}: metadata.name: the deleted Service "
+                    f"{svc.namespace}/{svc.name} is still draining its pods (requests in flight finish "
+                    "first, up to its timeoutSeconds); apply again once they are gone"
+                )
         changes, fx = self.reconciler.apply(services, _now())
         self._effects(fx)
         return [
@@ -305,11 +313,21 @@ class UpPlane:
         self._ready_count.pop(key, None)
         self._panic.pop(key, None)
 
+        sk = (rev.namespace, rev.service)
+        self._draining[sk] = self._draining.get(sk, 0) + 1
+
         async def drain() -> None:
-            await self.runtime.remove_revision(key)
-            if self.gateway is not None:
-                await self.gateway.remove_revision(key)
-            log.info("revision %s: removed", key)
+            try:
+                await self.runtime.remove_revision(key)
+                if self.gateway is not None:
+                    await self.gateway.remove_revision(key)
+                log.info("revision %s: removed", key)
+            finally:
+                left = self._draining[sk] - 1
+                if left:
+                    self._draining[sk] = left
+                else:
+                    del self._draining[sk]
 
         self._spawn(drain())
 

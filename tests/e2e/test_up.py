@@ -274,3 +274,30 @@ async def test_stop_lets_requests_finish_and_a_second_signal_cuts_the_wait() -> 
         alive = [p for p in up.seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert alive == [], [p.cmdline() for p in alive]
         assert "second signal" in up.log
+
+
+async def test_delete_drains_requests_and_the_name_is_free_again_once_the_pods_are_gone() -> None:
+    with up_process("-f", AUTOSCALE) as up:
+        await up.wait_up()
+
+        async def ready() -> bool:
+            return bool((await up.arevision("autoscale"))["ready_pods"] == 1)
+
+        await up.poll(ready, timeout=30, what="the first pod is ready")
+        slow = asyncio.create_task(get_once(up.port, AUTOSCALE_HOST, "/?sleep=4000", timeout=60))
+
+        async def in_flight() -> bool:
+            return bool(((await up.arevision("autoscale"))["concurrency"] or 0) > 0)
+
+        await up.poll(in_flight, timeout=30, what="the request is in flight")
+        r = await asyncio.to_thread(up.cli, "delete", "autoscale")
+        assert r.returncode == 0, r.stderr
+        r = await asyncio.to_thread(up.cli, "apply", "-f", AUTOSCALE)
+        assert r.returncode == 1 and "still draining" in r.stderr, (r.stdout, r.stderr)
+        status, _ = await asyncio.wait_for(slow, timeout=30)
+        assert status == 200  # the deleted revision's pod finished it before going
+        await until(lambda: "revision default/autoscale-00001: removed" in up.log, timeout=30)
+        r = await asyncio.to_thread(up.cli, "apply", "-f", AUTOSCALE)
+        assert r.returncode == 0 and "autoscale-00001 created" in r.stdout, r.stderr
+        status, body = await get_once(up.port, AUTOSCALE_HOST, "/?sleep=1", timeout=60)
+        assert status == 200, body
