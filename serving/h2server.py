@@ -103,10 +103,16 @@ class _Sniffer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.timer = self.auto.loop.call_later(self.auto.http.limits.header_timeout, transport.close)
+        self.auto.sniffing.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.auto.sniffing.discard(self)
         if self.timer is not None:
             self.timer.cancel()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -122,6 +128,7 @@ class _Sniffer(asyncio.Protocol):
         else:
             return
         self.buf = b""
+        self.auto.sniffing.discard(self)
         if self.timer is not None:
             self.timer.cancel()
         t = self.transport
@@ -140,6 +147,7 @@ class AutoServer:
         self.h2 = h2srv
         self.loop = loop
         self.port = 0
+        self.sniffing: set[_Sniffer] = set()  # connections that have not said which protocol yet
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -151,7 +159,10 @@ class AutoServer:
             self._server.close()
 
     async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, close connections that sent nothing yet, then shut both protocols down."""
         self.stop_accepting()
+        for conn in list(self.sniffing):
+            conn.close()
         await asyncio.gather(self.http.shutdown(timeout), self.h2.shutdown(timeout))
 
 

@@ -4,6 +4,7 @@ and HTTP/1.1 bytes that must pass the sniffer untouched."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import h2.config
 import h2.connection
@@ -13,6 +14,7 @@ import pytest
 from serving.h2server import H2Server, serve_auto
 from tests.fakes.grpc_frames import h2_request
 from tests.serving.test_h2_server import App, h2app
+from tests.util import until
 
 __all__ = ["h2app"]  # the fixture, shared with test_h2_server
 
@@ -103,3 +105,18 @@ async def test_upgrade_with_bad_http2_settings_is_a_400(h2app: tuple[H2Server, A
     finally:
         writer.close()
         await srv.shutdown(1.0)
+
+
+async def test_shutdown_closes_connections_that_never_spoke(h2app: tuple[H2Server, App]) -> None:
+    srv = await serve_auto(h2app[1], "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    try:
+        writer.write(b"GET / HT")  # neither protocol can be told yet
+        await until(lambda: len(srv.sniffing) == 1, what="the connection waits in the sniffer")
+        await srv.shutdown(1.0)
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):  # closed is closed, FIN or RST
+                assert await reader.read() == b""
+        assert not srv.sniffing
+    finally:
+        writer.close()
