@@ -27,6 +27,8 @@ __all__ = ["KubeScaler", "Leadership", "NotLeaderError", "ScaleError"]
 
 log = logging.getLogger("zeroscale.k8s.scaler")
 
+FIELD_MANAGER = "zeroscale-autoscaler"  # who owns spec.replicas in managedFields
+
 
 class Leadership(Protocol):
     def remaining(self) -> float:
@@ -92,6 +94,7 @@ class KubeScaler:
                 revision.namespace,
                 # a JSON patch of spec.replicas, as Knative's scaler writes it (application/json-patch+json)
                 body=[{"op": "replace", "path": "/spec/replicas", "value": desired}],
+                field_manager=FIELD_MANAGER,
                 _request_timeout=self._budget(),
             )
         except ApiException as e:

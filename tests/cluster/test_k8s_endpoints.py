@@ -245,6 +245,7 @@ async def test_scale_patch_is_a_json_patch_on_the_subresource(server: FakeApiSer
     def spy(request: Any) -> bool:  # a fault that never fires, to observe the Content-Type
         if request.method == "PATCH":
             seen_types.append(request.headers.get("Content-Type", ""))
+            seen_types.append(request.query.get("fieldManager", ""))
         return False
 
     server.add_fault(Fault(spy, count=None))
@@ -253,7 +254,7 @@ async def test_scale_patch_is_a_json_patch_on_the_subresource(server: FakeApiSer
         await make_scaler(api, NS).scale(REV, 5)
     finally:
         await api.close()
-    assert seen_types == ["application/json-patch+json"]
+    assert seen_types == ["application/json-patch+json", "zeroscale-autoscaler"]
     dep = server.store.get("deployments", NS, "hello-00001-deployment")
     assert dep["spec"]["replicas"] == 5 and dep["spec"]["template"]["spec"]["containers"][0]["name"] == "app"
 
