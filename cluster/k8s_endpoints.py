@@ -53,11 +53,15 @@ def endpoints_from_slices(slices: Iterable[Obj]) -> tuple[Endpoint, ...]:
 
     An address listed by two slices (they overlap while the controller moves endpoints) is kept once,
     with the more available state: ready beats not ready, not terminating beats terminating.
+    FQDN slices are ignored, and of a dual-stack Service only the IPv4 slices are used.
     """
     best: dict[tuple[str, int], Endpoint] = {}
+    slices = [s for s in slices if s.get("addressType", "IPv4") in ("IPv4", "IPv6")]
+    # A dual-stack Service has one set of slices per address family, listing the same pods twice:
+    # use one family (IPv4 when there is any), or every pod would count double.
+    if any(s.get("addressType", "IPv4") == "IPv4" for s in slices):
+        slices = [s for s in slices if s.get("addressType", "IPv4") == "IPv4"]
     for slice_ in slices:
-        if slice_.get("addressType") not in (None, "IPv4", "IPv6"):
-            continue
         port = _slice_port(slice_)
         if port is None:
             continue

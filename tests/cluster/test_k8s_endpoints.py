@@ -276,3 +276,14 @@ async def test_a_write_is_cut_off_when_the_lease_time_it_had_runs_out(server: Fa
     finally:
         await api.close()
     assert server.store.get("deployments", NS, "hello-00001-deployment")["spec"]["replicas"] == 0
+
+
+def test_a_dual_stack_service_counts_each_pod_once() -> None:
+    v4 = slice_of(ep({"ready": True}, "10.0.0.1", "p1"), ep({"ready": True}, "10.0.0.2", "p2"))
+    v6 = {
+        **slice_of(ep({"ready": True}, "fd00::1", "p1"), ep({"ready": True}, "fd00::2", "p2")),
+        "addressType": "IPv6",
+    }
+    fqdn = {**slice_of(ep({"ready": True}, "pod.example.com", "p3")), "addressType": "FQDN"}
+    assert [e.pod_name for e in endpoints_from_slices([v4, v6, fqdn])] == ["p1", "p2"]
+    assert [e.host for e in endpoints_from_slices([v6])] == ["fd00::1", "fd00::2"]  # IPv6-only cluster
