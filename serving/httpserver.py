@@ -546,7 +546,8 @@ class HttpProtocol(asyncio.Protocol):
     def _arm(self, kind: int, delay: float) -> None:
         self._deadline = self._loop.time() + delay
         self._deadline_kind = kind
-        self.server._ensure_sweep()
+        if self.server._sweep is None:
+            self.server._ensure_sweep()
 
     def _check_deadline(self, now: float) -> None:
         kind = self._deadline_kind
@@ -700,7 +701,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         req = self._pipeline[-1] if self._pipeline else self._request
-        if req is not None and req.upgrade is None:
+        if req is not None and req.upgrade is None and not req._complete:
             req._finish()
 
     def _start_tunnel(self, rest: bytes) -> None:

@@ -186,7 +186,17 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        self._add_body(body)
+        self._body.append(body)
+        self._body_bytes += len(body)
+        if self._body_bytes > _READ_WINDOW and not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        # No wake-up here: read() callers are woken by on_headers_complete / on_message_complete
+        # or, for a body in pieces, below.
+        if self._head and not self.complete:
+            w = self._waiter
+            if w is not None and not w.done():
+                w.set_result(None)
 
     def on_message_complete(self) -> None:
         if not self._head or self.status == 101:
@@ -219,7 +229,11 @@ class _Conn(asyncio.Protocol):
         while not self._head:
             if self.error is not None or self.closed:
                 raise self.error or ConnectionResetError("upstream closed the connection")
-            await self._wait()
+            w = self._waiter = self.loop.create_future()
+            try:
+                await w
+            finally:
+                self._waiter = None
 
     def take_all(self) -> bytes:
         """Every buffered body byte of a complete message."""
@@ -409,10 +423,16 @@ async def forward(
                 if reused and attempt == 0 and not conn._got_bytes and not (has_body and req._body_started()):
                     continue  # the pooled connection was dead: the keep-alive race; one fresh try
                 raise UpstreamError(f"upstream {upstream.host}:{upstream.port}: {e}") from e
-            if conn.status == 101 and req.upgrade is not None:
+            status = conn.status
+            if status == 101 and req.upgrade is not None:
                 await _tunnel(req, resp, conn)
                 return 101
-            status = await _relay_response(resp, conn)
+            if conn.complete and type(resp) is Responder:
+                # The whole answer is here already (the common small response): one write, no await.
+                hdrs = strip_hop_by_hop(conn.headers) if conn._hop else conn.headers
+                resp._whole(status, hdrs, conn.take_all(), conn.trailers or None)
+            else:
+                await _relay_response(resp, conn)
             if pump is not None:
                 if not pump.done():
                     # The upstream answered before reading the whole body; the connection's framing is lost.
@@ -432,10 +452,6 @@ async def forward(
 async def _relay_response(resp: Responder, conn: _Conn) -> int:
     status = conn.status
     headers = strip_hop_by_hop(conn.headers) if conn._hop else conn.headers
-    if conn.complete and type(resp) is Responder:
-        # The whole answer is here already (the common small response): head, body and end in one write.
-        resp._whole(status, headers, conn.take_all(), conn.trailers or None)
-        return status
     # Small answers leave in one write together with the head; streams get their head at once.
     await resp.start(status, headers, flush=not conn.buffered())
     while True:
