@@ -26,6 +26,8 @@ PURE = [
     "serving.spec_revision",
     "serving.spec_fields",
     "serving.config",
+    "serving.h2_guard",
+    "serving.h2_upgrade",
     "autoscaler.windows",
     "autoscaler.decider",
     "autoscaler.config",
