@@ -60,7 +60,6 @@ class _ServiceState:
     config_split: list[tuple[str, int]] | None = None
     rollout: Rollout | None = None
 
-
     def clone(self) -> _ServiceState:
         ro = self.rollout
         return _ServiceState(
@@ -319,7 +318,11 @@ def _recompute(
                 st.rollout.revisions, st.rollout.config_percent = list(prev), cfg.percent
                 if st.rollout.done:
                     st.rollout = None
-        elif latest in names:  # back to an older revision: no rollout, as Knative
+        elif (
+            latest in names  # back to a revision in the split: no rollout, as Knative
+            or any(n not in st.ready for n in names)  # the split only held a place: nothing served it
+            or _generation(state, svc, latest) < max(_generation(state, svc, n) for n in names)
+        ):
             st.config_split, st.rollout = [(latest, cfg.percent)], None
         else:
             st.rollout = begin_rollout(prev, latest, cfg.percent, duration, now)
@@ -338,6 +341,11 @@ def _recompute(
         )
         return
     st.effective = effective
+
+
+def _generation(state: _State, svc: Service, revision: str) -> int:
+    rev = state.history.get(RevisionKey(svc.namespace, revision))
+    return rev.generation if rev is not None else 0
 
 
 def _routes(state: _State) -> list[RouteSpec]:

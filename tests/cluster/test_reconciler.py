@@ -216,3 +216,18 @@ def test_delete_removes_the_service_its_revisions_and_its_routes() -> None:
     assert rec.delete("default", "hello", 3.0) is None
     _, fx = rec.apply([svc()], 4.0)
     assert [r.name for r in fx.added] == ["hello-00001"]  # a new Service starts at generation 1 again
+
+
+def test_a_first_ready_revision_older_than_the_latest_gets_the_traffic_without_a_rollout() -> None:
+    # v2 is applied before v1 was ever ready: the route waits on v2; then v1 turns ready (v2 never
+    # does): all traffic goes to v1 at once, not in a "rollout" from the placeholder v2.
+    ann = '  annotations:\n    serving.knative.dev/rollout-duration: "60s"'
+    rec = Reconciler()
+    rec.apply([svc(annotations=ann)], 0.0)
+    rec.apply([svc(version="2", annotations=ann)], 0.5)
+    assert split(rec) == {"hello-00002": 100}  # nothing ready: the latest, the activator holds requests
+    fx = rec.revision_ready(key("hello-00001"), 1.0)
+    assert fx.routes_changed and split(rec) == {"hello-00001": 100}
+    assert rec.rollout("default", "hello") is None
+    rec.revision_ready(key("hello-00002"), 5.0)  # once the newer one is ready, it rolls out normally
+    assert split(rec) == {"hello-00001": 99, "hello-00002": 1}

@@ -241,3 +241,30 @@ async def test_traffic_flips_ten_times_between_two_revisions_without_a_failed_re
         names = [rev["name"] for rev in web_of(await up.astatus(), "flip")["revisions"]]
         assert sorted(names) == ["flip-a", "flip-b"]  # flipping made no new revision
         print(f"ten flips: {load.summary()}")
+
+
+async def test_a_revision_that_never_gets_ready_leaves_traffic_where_it_was(tmp_path: Path) -> None:
+    good, broken = tmp_path / "good.yaml", tmp_path / "broken.yaml"
+    good.write_text(service("1"))
+    broken.write_text(
+        service("2").replace(
+            f"command: [python3, {HELLO_APP}]",
+            "command: [python3, -c, \"import sys; print('no database configured'); sys.exit(3)\"]",
+        )
+    )
+    with up_process("-f", good) as up:
+        await up.wait_up()
+        r = await asyncio.to_thread(up.cli, "apply", "-f", broken)
+        assert r.returncode == 0 and "web-00002 created" in r.stdout, r.stderr
+
+        async def reported() -> bool:
+            return bool((await up.arevision("web", "web-00002"))["last_failure"])
+
+        await up.poll(reported, timeout=40, what="the broken revision's failure is reported")
+        assert "no database configured" in up.log  # its last output lines are in the log
+        status = await up.astatus()
+        assert traffic_of(status) == {"web-00001": 100}
+        assert not next(r for r in web(status)["revisions"] if r["name"] == "web-00002")["ready"]
+        for _ in range(5):
+            code, body = await get_once(up.port, HOST, "/", timeout=60)
+            assert code == 200 and body.endswith(b"(revision web-00001)\n"), body
