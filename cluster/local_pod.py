@@ -286,6 +286,11 @@ class LocalPod:
         finally:
             for w in watchers:
                 w.cancel()
+            if not graceful:
+                # A pod that failed (a process died, never ready) leaves traffic now, before its
+                # processes are stopped: a queue-proxy whose app is dead would answer 502 to every
+                # request sent to it while it drains.
+                self._set(PodState.TERMINATING)
             await self._stop(graceful)
             self._set(PodState.GONE)
 
