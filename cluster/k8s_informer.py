@@ -233,6 +233,12 @@ class Informer:
                 failures += 1
                 log.warning("%s: %s: %s", self.name, type(exc).__name__, exc)
                 delay = self._backoff.next_delay()
+            except Exception:  # never let a surprise (a malformed object) end the watch for good
+                self.errors += 1
+                failures += 1
+                log.exception("%s: unexpected error; backing off and re-listing", self.name)
+                delay = self._backoff.next_delay()
+                need_list = True
             if failures >= self.relist_after_failures:
                 need_list = True
             await self._wait(delay)

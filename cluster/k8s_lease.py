@@ -158,6 +158,8 @@ class LeaseElector:
             log.warning("lease %s/%s: %s %s", self.namespace, self.name, e.status, e.reason)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             log.warning("lease %s/%s: %s %s", self.namespace, self.name, type(e).__name__, e)
+        except Exception:  # a surprise must not end the election loop: count it as a failed round
+            log.exception("lease %s/%s: unexpected error", self.namespace, self.name)
         return None
 
     def _spec(self, acquire: str | None, transitions: int) -> dict[str, Any]:

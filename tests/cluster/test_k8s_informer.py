@@ -235,3 +235,18 @@ async def test_a_server_that_expires_every_fresh_version_is_not_hammered(
     assert inf.gone == 4 and inf.lists == 5
     # the first 410 re-lists at once; the next ones wait, longer each time
     assert len(delays) == 3 and delays[0] < delays[1] < delays[2]
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", '{"items": [{"kind": "ConfigMap"}]}', "not json"])
+async def test_a_malformed_answer_is_survived(server: FakeApiServer, api: Any, body: str) -> None:
+    server.store.create("configmaps", NS, configmap("a", {"v": "1"}))
+    server.add_fault(
+        Fault(
+            lambda r: r.method == "GET" and not go_bool(r.query.get("watch")), status=200, body=body, count=1
+        )
+    )
+    delays: list[float] = []
+    inf = Informer(client.CoreV1Api(api).list_namespaced_config_map, NS, sleep=fast_sleep(delays))
+    async with background(inf.run()):
+        await eventually(lambda: data_of(inf) == {"a": {"v": "1"}}, what="sync after a bad answer")
+    assert inf.errors == 1 and len(delays) == 1

@@ -211,7 +211,12 @@ class FakeApiServer:
                         await fault.gate.wait()
                     if fault.status == 0:
                         break
-                    resp = status_response(fault.status, "Injected", f"injected fault {fault.status}")
+                    if fault.body is not None:
+                        resp = web.Response(
+                            status=fault.status, text=fault.body, content_type="application/json"
+                        )
+                    else:
+                        resp = status_response(fault.status, "Injected", f"injected fault {fault.status}")
                     if fault.retry_after is not None:
                         resp.headers["Retry-After"] = fault.retry_after
                     status = fault.status

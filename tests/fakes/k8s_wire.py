@@ -20,7 +20,8 @@ class Fault:
     """Answer matching requests with ``status`` (after ``delay`` s), ``count`` times (None: until removed).
 
     ``status=0`` answers nothing itself: the request waits (``delay``, then ``gate`` when given) and is
-    then served normally, to order concurrent requests deterministically.
+    then served normally, to order concurrent requests deterministically. ``body`` replaces the
+    Status document with raw text (a malformed answer).
     """
 
     match: Callable[[web.Request], bool]
@@ -29,6 +30,7 @@ class Fault:
     delay: float = 0.0
     retry_after: str | None = None
     gate: asyncio.Event | None = None
+    body: str | None = None
     hits: int = 0
 
 
