@@ -36,7 +36,7 @@ from serving.headers import (
 )
 from serving.httpserver import Request, Responder
 from serving.types import Endpoint, RevisionKey
-from serving.upstream import Upstream, UpstreamError, forward
+from serving.upstream import Upstream, UpstreamError, forward, strip_hop_by_hop
 
 from .backends import EndpointSource, Prober, RevisionBackends
 from .reporter import ConcurrencyReporter
@@ -97,7 +97,12 @@ class _Marked:
 
 def toward_pod(headers: Sequence[tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
     """Knative's activator rewrite: Host kept in K-Original-Host, routing headers removed, marked."""
-    out = [(n, v) for n, v in headers if n not in _DROP_TOWARD_POD]
+    # Hop-by-hop fields (and those a client named in Connection) go first, so that nothing can strip
+    # the headers added below; "te: trailers" survives for gRPC.
+    trailers = any(n == b"te" and b"trailers" in v.lower() for n, v in headers)
+    out = [(n, v) for n, v in strip_hop_by_hop(list(headers)) if n not in _DROP_TOWARD_POD]
+    if trailers:
+        out.append((b"te", b"trailers"))
     if host and not any(n == K_ORIGINAL_HOST for n, _ in out):
         out.append((K_ORIGINAL_HOST, host))
     out.append((K_PROXY_REQUEST, b"activator"))

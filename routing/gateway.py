@@ -1,8 +1,8 @@
 """The gateway's request handler: Host (and tag) -> route -> revision -> a dispatcher.
 
-Unknown hosts get 404 here and go nowhere else. Headers that only the data plane may set
-(``Knative-Serving-*``, ``K-*``) are dropped from what the client sent, so a client cannot name a
-revision its route does not name; the gateway then sets ``Knative-Serving-Revision`` and
+Unknown hosts get 404 here and go nowhere else. Hop-by-hop fields stop here. Headers that only the
+data plane may set (``Knative-Serving-*``, ``K-*``) are dropped from what the client sent, so a client
+cannot name a revision its route does not name; the gateway then sets ``Knative-Serving-Revision`` and
 ``Knative-Serving-Namespace`` itself from the route's pick, and appends the client's address to
 ``X-Forwarded-For``. What happens next (the activator, or straight to a pod) is the dispatcher's
 business: the composition provides it.
@@ -23,6 +23,7 @@ from serving.headers import (
 )
 from serving.httpserver import Request, Responder
 from serving.types import RevisionKey
+from serving.upstream import strip_hop_by_hop
 
 from .table import TableHolder
 
@@ -42,6 +43,13 @@ def clean_headers(
     out: list[tuple[bytes, bytes]] = []
     xff: bytes | None = None
     proto = False
+    # Hop-by-hop fields, and any the client names in Connection, end here: otherwise a client could
+    # name K-Proxy-Request in Connection and have the next hop strip the activator's own header.
+    # ("te: trailers" is kept: gRPC needs it, and the h2c forwarder re-adds it on its own hop.)
+    trailers = any(n == b"te" and b"trailers" in v.lower() for n, v in items)
+    items = strip_hop_by_hop(list(items))
+    if trailers:
+        items.append((b"te", b"trailers"))
     for name, value in items:
         if is_internal_header(name):
             continue

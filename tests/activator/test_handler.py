@@ -353,3 +353,8 @@ async def test_h2c_revision_is_forwarded_over_h2c(front: tuple[Front, httpx.Asyn
 def test_bad_protocol_named() -> None:
     with pytest.raises(ValueError, match="protocol must be http1 or h2c, got 'grpc'"):
         RevisionSettings(protocol="grpc")
+
+
+def test_toward_pod_cannot_be_stripped_by_connection() -> None:
+    out = toward_pod([(b"connection", b"k-proxy-request, k-original-host"), (b"te", b"trailers, gzip")], b"h")
+    assert out == [(b"te", b"trailers"), (b"k-original-host", b"h"), (b"k-proxy-request", b"activator")]

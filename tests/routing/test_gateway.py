@@ -112,3 +112,17 @@ async def test_split_tags_and_swap(gateway: tuple[TableHolder, Recorder, Gateway
         holder.swap(_table(100))
         got = [(await c.get(url, headers={"Host": "svc.ns.example.com"})).text for _ in range(10)]
         assert set(got) == {"svc-00001"}
+
+
+def test_connection_named_fields_and_hop_by_hop_end_at_the_door() -> None:
+    items = [
+        (b"connection", b"keep-alive, x-secret, k-proxy-request"),
+        (b"x-secret", b"s"),
+        (b"keep-alive", b"timeout=5"),
+        (b"te", b"trailers"),
+        (b"content-type", b"application/grpc"),
+    ]
+    out = clean_headers(items, REV, None)
+    names = [n for n, _ in out]
+    assert b"connection" not in names and b"x-secret" not in names and b"keep-alive" not in names
+    assert (b"te", b"trailers") in out and (b"content-type", b"application/grpc") in out
