@@ -61,12 +61,13 @@ def _component(
     probe_port: int,
     replicas: int,
     grace_seconds: int,
+    extra_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     labels = {**SYSTEM_LABELS, "app.kubernetes.io/name": name}
     container = {
         "name": name.removeprefix("zeroscale-"),
         "image": image,
-        "args": ["--backend", "kubernetes"],
+        "args": ["--backend", "kubernetes", *extra_args],
         "env": [
             _env_ref("SYSTEM_NAMESPACE", "metadata.namespace"),
             _env_ref("POD_NAME", "metadata.name"),
@@ -144,6 +145,7 @@ def system_manifests(
     activator_replicas: int = 1,
     autoscaler_replicas: int = 1,
     max_revision_timeout_seconds: int = 600,
+    domain: str | None = None,
 ) -> list[dict[str, Any]]:
     """ServiceAccounts, Roles, RoleBindings, Deployments and Services of the two cluster components.
 
@@ -153,6 +155,8 @@ def system_manifests(
 
     The activator's termination grace is config-defaults' max-revision-timeout-seconds, as Knative
     learnt to set it (knative/serving PR 8623): a draining activator may hold a request that long.
+    ``domain`` (config-domain's default domain) becomes the gateway's ``--domain``; without it the
+    gateway routes ``{service}.{namespace}.svc.cluster.local``.
     """
     out: list[dict[str, Any]] = []
     out += _rbac(ACTIVATOR, namespace, ACTIVATOR_RULES)
@@ -166,6 +170,7 @@ def system_manifests(
             8012,
             activator_replicas,
             max_revision_timeout_seconds,
+            ("--domain", domain) if domain else (),
         )
     )
     out.append(_service(ACTIVATOR, namespace, [("http", 80, 8012), ("h2c", 81, 8013)]))

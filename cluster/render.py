@@ -30,7 +30,7 @@ from cluster.k8s_manifests import (
     revision_service_manifest,
 )
 from cluster.k8s_system import configmap, routes_configmap, system_manifests
-from serving.config import CONFIG_AUTOSCALER, DefaultsConfig, load_configmaps
+from serving.config import CONFIG_AUTOSCALER, DefaultsConfig, DomainConfig, load_configmaps
 from serving.errors import ConfigError
 from serving.spec import RevisionHistory, Service, load_services
 
@@ -104,8 +104,17 @@ def build(
                     file=sys.stderr,
                 )
     defaults = DefaultsConfig.from_mapping(configmaps.get("config-defaults", {}))
+    domain = (
+        DomainConfig.from_mapping(configmaps["config-domain"]).domain
+        if "config-domain" in configmaps
+        else None
+    )
     docs = system_manifests(
-        ns, image_prefix, version, max_revision_timeout_seconds=defaults.max_revision_timeout_seconds
+        ns,
+        image_prefix,
+        version,
+        max_revision_timeout_seconds=defaults.max_revision_timeout_seconds,
+        domain=domain,
     )
     docs.append(
         routes_configmap(

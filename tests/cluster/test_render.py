@@ -288,3 +288,16 @@ def test_the_activator_may_drain_as_long_as_the_longest_revision_timeout() -> No
         ]
         == 600
     )
+
+
+def test_config_domain_becomes_the_gateways_route_domain() -> None:
+    def args(docs: list[dict[str, Any]]) -> list[str]:
+        return containers(by_kind(docs, "Deployment")["zeroscale-activator"])["activator"]["args"]
+
+    assert args(render()) == ["--backend", "kubernetes"]  # the gateway's default: svc.cluster.local
+    assert args(render(config={"config-domain": {"example.org": ""}})) == [
+        "--backend",
+        "kubernetes",
+        "--domain",
+        "example.org",
+    ]
