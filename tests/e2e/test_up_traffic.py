@@ -254,6 +254,11 @@ async def test_a_revision_that_never_gets_ready_leaves_traffic_where_it_was(tmp_
     )
     with up_process("-f", good) as up:
         await up.wait_up()
+
+        async def serving() -> bool:
+            return bool((await up.arevision("web", "web-00001"))["ready"])
+
+        await up.poll(serving, timeout=30, what="web-00001 serves")
         r = await asyncio.to_thread(up.cli, "apply", "-f", broken)
         assert r.returncode == 0 and "web-00002 created" in r.stdout, r.stderr
 
