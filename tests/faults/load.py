@@ -11,7 +11,10 @@ connection ended without one). ``sent == len(results)`` after ``stop()``: nothin
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 
 from tests.util import until
 
-__all__ = ["Load", "Result"]
+__all__ = ["Load", "RawWebsocket", "Result"]
 
 HOST = "127.0.0.1"
 
@@ -159,3 +162,44 @@ class Load:
         rate = len(self.results) / elapsed if elapsed > 0 else 0.0
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items(), key=str))
         return f"{len(self.results)} requests in {elapsed:.1f} s ({rate:.0f}/s): {codes}"
+
+
+class RawWebsocket:
+    """A minimal websocket client on a raw connection, so the test chooses every header (Host included)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, host: str, path: str = "/ws") -> RawWebsocket:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            writer.close()
+            raise ConnectionError(f"no upgrade: {head[:200]!r}")
+        return cls(reader, writer)
+
+    async def _frame(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+        self.writer.write(struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked)
+        await self.writer.drain()
+
+    async def echo(self, text: str) -> str:
+        await self._frame(1, text.encode())
+        _, b1 = await self.reader.readexactly(2)
+        data = await self.reader.readexactly(b1 & 0x7F)
+        return data.decode()
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await self._frame(8, struct.pack("!H", 1000))
+            await self.reader.readexactly(2)
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()

@@ -7,6 +7,8 @@ so after a SIGKILL the test knows exactly which requests were inside the killed 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import time
@@ -17,7 +19,7 @@ import pytest
 
 from tests.activator.procs import wait_for
 from tests.fakes import hostile
-from tests.faults.load import Load
+from tests.faults.load import Load, RawWebsocket
 from tests.faults.plane import LocalPlane
 from tests.faults.stack import routes, stack, start_pod
 from tests.util import until
@@ -125,3 +127,68 @@ async def test_requests_for_a_listed_pod_whose_app_is_dead_go_to_another_pod(tmp
         os.kill(pid, signal.SIGKILL)
         replies = [hostile.request(s.gateway.port, "GET", "/rev", s.host("web")) for _ in range(20)]
         assert [r.status for r in replies] == [200] * 20, [(r.status, r.body[:60]) for r in replies]
+
+
+def _app_get(port: int, path: str) -> object:
+    return json.loads(hostile.request(port, "GET", path, "h").body)
+
+
+async def test_scale_down_takes_the_pod_out_first_then_lets_it_finish_its_work_then_stops_it(
+    plane: LocalPlane,
+) -> None:
+    rev = plane.revision("web", 1, timeout=30)
+    plane.route("web", {rev.name: 100})
+    await plane.scale(rev.key, 2)
+    await plane.wait_pods(rev.key, ready=2, total=2)
+    await plane.healthy_in_gateway(rev.key, 2)
+    host = plane.host("web")
+    # 4 long requests and 4 websockets through the gateway; the activator spreads them over both pods.
+    longs = Load(plane.port, host, lambda i: f"/sleep?ms=5000&id={10_000_000 + i}", workers=4, max_requests=4)
+    longs.start()
+    sockets = [await RawWebsocket.open(plane.port, host) for _ in range(4)]
+    pods = plane.ready(rev.key)
+    await until(
+        lambda: all(_app_get(p.ports.user, "/inflight")["now"] >= 2 for p in pods),  # type: ignore[index]
+        timeout=10,
+        what="both pods hold a long request or a websocket",
+    )
+    load = Load(plane.port, host, lambda i: f"/sleep?ms=5&id={i}", workers=4)
+    load.start()
+    try:
+        await load.more(100)
+        await plane.scale(rev.key, 1)  # the runtime picks the pod to go and marks it terminating
+        t_term = time.monotonic()
+        (gone,) = [p for p in pods if p.terminating]
+        held = _app_get(gone.ports.user, "/inflight")["now"]  # type: ignore[index]
+        assert held >= 2, held
+        await load.more(200)
+        await until(lambda: len(longs.results) == 4, timeout=20, what="the long requests finish")
+        # Long requests done, websockets still open: the pod is still there, and they still work.
+        assert gone.queue.running and gone.user.running, gone.state
+        assert [await ws.echo(f"still {i}") for i, ws in enumerate(sockets)] == [
+            f"still {i}" for i in range(4)
+        ]
+        t_closed = asyncio.get_running_loop().time()
+        for ws in sockets:
+            await ws.close()
+        await until(lambda: gone not in plane.pods(rev.key), timeout=30, what="the drained pod is gone")
+        await load.more(50)
+    finally:
+        await load.stop()
+        await longs.stop()
+    assert [r.status for r in longs.results] == [200] * 4
+    assert load.sent == len(load.results) and load.failed == [], load.statuses
+    # After it was chosen, no request that left the client after that moment reached it.
+    starts = {r.id: r.start for r in load.results}
+    journal = _app_journal_from_log(plane.tmp / f"{rev.name}-{gone.user.pid}.log")
+    late = [rid for rid in journal if rid in starts and starts[rid] > t_term]
+    assert late == [], late[:5]
+    assert gone.queue.returncode == 0, gone.queue.last_lines(20)
+    assert gone.queue.exited_at is not None and gone.queue.exited_at >= t_closed
+    print(
+        f"scale-down: the pod held {held} (long requests + websockets), exited after them; {load.summary()}"
+    )
+
+
+def _app_journal_from_log(log: Path) -> list[int]:
+    return [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("S ")]
