@@ -1,7 +1,10 @@
 """The queue-proxy's composition root: config -> parts -> four listeners -> drain -> exit.
 
-The serving port runs on the kernel's HTTP engine (asyncio protocols + httptools on uvloop); the
-admin, autoscaler-metrics and user-metrics ports are small aiohttp apps.
+The serving port runs on the kernel's HTTP engine (asyncio protocols + httptools on uvloop) and takes
+HTTP/1.1, h2c with prior knowledge and the ``Upgrade: h2c`` switch on the same port, as Knative's does;
+toward the user container it speaks HTTP/1.1, or h2c when the revision's port is named ``h2c``
+(QueueProxyConfig.user_protocol). The admin, autoscaler-metrics and user-metrics ports are small
+aiohttp apps.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from serving.breaker import Breaker
 from serving.clock import MonotonicClock
 from serving.drain import Drainer
 from serving.errors import ConfigError
-from serving.httpserver import HttpServer, serve
+from serving.h2server import AutoServer, serve_auto
+from serving.h2upstream import H2Upstream
 from serving.logs import setup_logging
 from serving.stats import RequestStats
 from serving.upstream import Upstream
@@ -28,7 +32,7 @@ from serving.upstream import Upstream
 from .admin import DrainControl, admin_app
 from .config import QueueProxyConfig
 from .handler import QueueHandler, Timeouts
-from .health import Readiness
+from .health import H2cAttempt, Readiness
 from .reporter import StatsReporter, metrics_app
 from .usermetrics import UserMetrics, user_metrics_app
 
@@ -51,7 +55,16 @@ class QueueProxy:
         )
         cc = cfg.container_concurrency
         self.breaker = Breaker(queue_depth=10 * cc, max_concurrency=cc) if cc >= 1 else None
-        self.readiness = Readiness(cfg.readiness_probes, cfg.user_port)
+        # 2. the request path's pools to the user container: keep-alive HTTP/1.1 (Knative keeps cc idle
+        #    connections, or 1000 when cc is 0), and for an h2c container multiplexed h2c connections
+        #    (at most cc streams each: with cc=1 each call has a connection of its own)
+        self.upstream = Upstream("127.0.0.1", cfg.user_port, max_idle=cc or 1000)
+        self.h2_upstream: H2Upstream | None = None
+        self.h2_probes: H2cAttempt | None = None
+        if cfg.h2c:
+            self.h2_upstream = H2Upstream("127.0.0.1", cfg.user_port, max_streams_per_connection=cc or 100)
+            self.h2_probes = H2cAttempt(self.h2_upstream)
+        self.readiness = Readiness(cfg.readiness_probes, cfg.user_port, attempt=self.h2_probes)
         self.user_metrics = UserMetrics(
             CollectorRegistry(),
             namespace=cfg.namespace,
@@ -70,9 +83,7 @@ class QueueProxy:
                 "destination_pod": cfg.pod,
             },
         )
-        # 2. the request path: the handler in front of a keep-alive pool to the user container
-        #    (Knative keeps cc idle connections, or 1000 when cc is 0)
-        self.upstream = Upstream("127.0.0.1", cfg.user_port, max_idle=cc or 1000)
+        # 3. the request path: the handler in front of the pools
         self.handler = QueueHandler(
             upstream=self.upstream,
             stats=self.stats,
@@ -81,15 +92,16 @@ class QueueProxy:
             breaker=self.breaker,
             metrics=self.user_metrics,
             timeouts=Timeouts(cfg.revision_timeout, cfg.response_start_timeout, cfg.idle_timeout),
+            h2_upstream=self.h2_upstream,
         )
-        self.server: HttpServer | None = None
+        self.server: AutoServer | None = None
         self._runners: list[web.AppRunner] = []
         self._reporter_task: asyncio.Task[None] | None = None
         self._terminated = asyncio.Event()
 
     async def start(self) -> None:
         cfg = self.cfg
-        # 3. side ports first, so a scraper or preStop hook never finds them missing once serving
+        # 4. side ports first, so a scraper or preStop hook never finds them missing once serving
         for app, port in (
             (admin_app(self.drain), cfg.admin_port),
             (metrics_app(self.reporter), cfg.metrics_port),
@@ -100,12 +112,14 @@ class QueueProxy:
             await web.TCPSite(runner, cfg.bind_address, port, backlog=128).start()
             self._runners.append(runner)
         self._reporter_task = asyncio.get_running_loop().create_task(self.reporter.run_forever())
-        # 4. the serving port
-        self.server = await serve(self.handler, cfg.bind_address, cfg.serving_port)
+        # 5. the serving port: HTTP/1.1 and h2c
+        self.server = await serve_auto(self.handler, cfg.bind_address, cfg.serving_port)
         log.info(
-            "serving on %s:%d -> 127.0.0.1:%d (cc=%d, timeout=%.0fs); admin %d, metrics %d, user metrics %d",
+            "serving on %s:%d -> %s 127.0.0.1:%d (cc=%d, timeout=%.0fs); "
+            "admin %d, metrics %d, user metrics %d",
             cfg.bind_address,
             self.server.port,
+            cfg.user_protocol,
             cfg.user_port,
             cfg.container_concurrency,
             cfg.revision_timeout,
@@ -124,8 +138,8 @@ class QueueProxy:
         log.info("drained (%d in flight); shutting down", self.drain.drainer.in_flight)
 
     async def stop(self) -> None:
-        # 5. ordered shutdown: serving port, then the side ports (a pending /wait-for-drain answers
-        #    first), then the upstream pool
+        # 6. ordered shutdown: serving port, then the side ports (a pending /wait-for-drain answers
+        #    first), then the upstream pools (h2c connections close once their streams have ended)
         if self.server is not None:
             await self.server.shutdown(timeout=1.0)
         for runner in reversed(self._runners):
@@ -135,6 +149,10 @@ class QueueProxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reporter_task
         await self.readiness.close()
+        if self.h2_probes is not None:
+            await self.h2_probes.close()
+        if self.h2_upstream is not None:
+            await self.h2_upstream.close()
         await self.upstream.close()
 
 

@@ -5,6 +5,12 @@ concurrency 0 = no limit, revision timeout 300 s, response-start and idle timeou
 Knative hard-codes (admin 8022, autoscaler metrics 9090, user metrics 9091) and the drain quiet period
 (30 s) can be set too, because many pods share one machine in the local mode. A malformed value
 raises ConfigError naming the variable, and start-up stops with that message.
+
+Which protocol the queue-proxy speaks to the user container (its serving port accepts HTTP/1.1 and h2c
+from clients either way): Knative gives a revision whose container port is named ``h2c`` the serving
+port 8013 (``QUEUE_SERVING_PORT=8013``), so 8013 means cleartext HTTP/2 toward the app and any other
+port HTTP/1.1. Where ports are picked at random (the local mode), the zeroscale variable
+``QUEUE_USER_PROTOCOL`` (``h2c`` or ``http1``) says it outright and wins over the port number.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from typing import Any
 from serving.envconfig import env_float, env_int, env_port, env_str
 from serving.errors import ConfigError
 
-__all__ = ["ProbeSpec", "QueueProxyConfig", "parse_readiness_probe"]
+__all__ = ["PROTOCOL_VAR", "ProbeSpec", "QueueProxyConfig", "parse_readiness_probe", "protocol_from_env"]
 
 PROBE_VAR = "SERVING_READINESS_PROBE"
+PROTOCOL_VAR = "QUEUE_USER_PROTOCOL"  # zeroscale extension: "h2c" | "http1"; unset: from the port
+H2C_SERVING_PORT = 8013  # Knative's queue-proxy port for revisions whose container port is named h2c
+USER_PROTOCOLS = ("http1", "h2c")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +76,21 @@ class QueueProxyConfig:
     # zeroscale extension: where the four listeners bind. Knative binds every interface (0.0.0.0);
     # the local mode and the tests use 127.0.0.1.
     bind_address: str = "0.0.0.0"
+    # how the queue-proxy talks to the user container: "http1" or "h2c" (cleartext HTTP/2, gRPC)
+    user_protocol: str = "http1"
+
+    @property
+    def h2c(self) -> bool:
+        return self.user_protocol == "h2c"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> QueueProxyConfig:
         user_port = env_int(env, "USER_PORT", 8080, minimum=1, maximum=65535)
+        serving_port = env_port(env, "QUEUE_SERVING_PORT", 8012)
         raw_probe = env.get(PROBE_VAR, "")
         probes = parse_readiness_probe(raw_probe) if raw_probe.strip() else (ProbeSpec("tcp"),)
         cfg = cls(
-            serving_port=env_port(env, "QUEUE_SERVING_PORT", 8012),
+            serving_port=serving_port,
             user_port=user_port,
             container_concurrency=env_int(env, "CONTAINER_CONCURRENCY", 0, minimum=0, maximum=1000),
             revision_timeout=env_float(env, "REVISION_TIMEOUT_SECONDS", 300.0, minimum=0.0),
@@ -94,6 +110,7 @@ class QueueProxyConfig:
             user_metrics_port=env_port(env, "USER_METRICS_PORT", 9091),
             drain_quiet_period=env_float(env, "QUEUE_DRAIN_QUIET_PERIOD_SECONDS", 30.0, minimum=0.0),
             bind_address=env_str(env, "QUEUE_BIND_ADDRESS", "0.0.0.0"),
+            user_protocol=protocol_from_env(env, serving_port),
         )
         cfg.validate()
         return cfg
@@ -112,6 +129,8 @@ class QueueProxyConfig:
             if port in seen:
                 raise ConfigError(f"{name}={port} is already used by {seen[port]}: each port must differ")
             seen[port] = name
+        if self.user_protocol not in USER_PROTOCOLS:
+            raise ConfigError(f"{PROTOCOL_VAR}={self.user_protocol!r}: expected http1 or h2c")
         if self.serving_port == self.user_port:
             raise ConfigError(
                 f"QUEUE_SERVING_PORT={self.serving_port} equals USER_PORT: the proxy would call itself"
@@ -120,6 +139,17 @@ class QueueProxyConfig:
     @property
     def max_concurrency(self) -> int | None:
         return self.container_concurrency or None
+
+
+def protocol_from_env(env: Mapping[str, str], serving_port: int) -> str:
+    """``QUEUE_USER_PROTOCOL`` when set, else Knative's rule: serving port 8013 means h2c."""
+    raw = env.get(PROTOCOL_VAR, "").strip()
+    if not raw:
+        return "h2c" if serving_port == H2C_SERVING_PORT else "http1"
+    value = raw.lower()
+    if value not in USER_PROTOCOLS:
+        raise ConfigError(f"{PROTOCOL_VAR}={raw!r}: expected http1 or h2c (or unset: h2c iff port 8013)")
+    return value
 
 
 # -- SERVING_READINESS_PROBE -----------------------------------------------------------------------

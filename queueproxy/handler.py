@@ -20,6 +20,9 @@ breaker, header rewrite, forward.
    beyond that, 503 ``pending request queue full`` at once. A client that goes away while queued
    frees its place at once (the engine cancels this handler).
 6. A failed upstream answers 502 with the error text, or cuts the connection if the response started.
+7. Toward an h2c revision (container port named ``h2c``) each request goes over the multiplexed h2c
+   pool, whether it came as HTTP/1.1 or as an HTTP/2 stream; a websocket upgrade stays on HTTP/1.1.
+   Each HTTP/2 stream is one call of this handler, so the breaker and the stats count streams.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Protocol
 
 from serving.breaker import Breaker
 from serving.errors import QueueFullError
+from serving.h2upstream import H2Upstream, forward_h2
 from serving.headers import (
     ACTIVATOR_PROBE_UA,
     AUTOSCALING_PROBE_UA,
@@ -47,13 +51,14 @@ from serving.upstream import Upstream, UpstreamError, forward
 from .rewrite import upstream_headers
 from .timeouts import Sweeper, Timeouts
 
-__all__ = ["Forward", "QueueHandler", "Timeouts"]
+__all__ = ["Forward", "H2Forward", "QueueHandler", "Timeouts"]
 
 _HEALTH_UAS = (KUBE_PROBE_UA, ACTIVATOR_PROBE_UA, AUTOSCALING_PROBE_UA)
 _TIMEOUT_BODY = b"request timeout"
 TIMEOUT_HEADER = b"x-zeroscale-timeout"  # total | response-start | idle
 
 Forward = Callable[[Request, Responder, Upstream, list[tuple[bytes, bytes]]], Awaitable[int]]
+H2Forward = Callable[[Request, Responder, H2Upstream, list[tuple[bytes, bytes]]], Awaitable[int]]
 
 
 class ReadinessCheck(Protocol):
@@ -77,6 +82,8 @@ class QueueHandler:
         "_breaker",
         "_drain",
         "_forward",
+        "_h2",
+        "_h2_forward",
         "_metrics",
         "_readiness",
         "_stats",
@@ -95,8 +102,11 @@ class QueueHandler:
         metrics: RequestMetrics | None = None,
         timeouts: Timeouts | None = None,
         forward_fn: Forward = forward,
+        h2_upstream: H2Upstream | None = None,
+        h2_forward_fn: H2Forward = forward_h2,
     ) -> None:
         self._upstream = upstream
+        self._h2 = h2_upstream  # set: the user container speaks h2c
         self._stats = stats
         self._drain = drain
         self._readiness = readiness
@@ -105,6 +115,7 @@ class QueueHandler:
         timeouts = timeouts or Timeouts()
         self._sweeper = Sweeper(timeouts) if timeouts.any else None
         self._forward = forward_fn
+        self._h2_forward = h2_forward_fn
 
     async def __call__(self, req: Request, resp: Responder) -> None:
         headers = req.headers
@@ -172,8 +183,12 @@ class QueueHandler:
         return 504
 
     async def _proxy(self, req: Request, resp: Responder) -> int:
+        headers = upstream_headers(req.headers.items)
         try:
-            return await self._forward(req, resp, self._upstream, upstream_headers(req.headers.items))
+            h2 = self._h2
+            if h2 is not None and req.upgrade is None:
+                return await self._h2_forward(req, resp, h2, headers)
+            return await self._forward(req, resp, self._upstream, headers)
         except UpstreamError as e:
             if e.started or resp.started:
                 return 502  # forward has cut the client connection already

@@ -7,6 +7,10 @@ Until the container is first ready and when ``periodSeconds`` is 0 (Knative's de
 starts in 300 ms is seen ready after about 300 ms rather than one kubelet period later. After that,
 each check is one attempt, so a container that went away is reported at once and one that came back
 (a restart) is reported ready on the next check. Checks asked for while one runs share its result.
+
+An h2c (gRPC) container does not answer an HTTP/1.1 GET, so its HTTP probes go over h2c
+(:class:`H2cAttempt`, on the request path's own connection pool when the probe targets the user port);
+TCP probes are the same for both.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
 from serving.clock import Clock, MonotonicClock
+from serving.h2upstream import H2Upstream
+from serving.upstream import UpstreamError
 
 from .config import ProbeSpec
 
-__all__ = ["Attempt", "Readiness", "http_attempt", "probe_attempt", "tcp_attempt"]
+__all__ = ["Attempt", "H2cAttempt", "Readiness", "http_attempt", "probe_attempt", "tcp_attempt"]
 
 AGGRESSIVE_INTERVAL = 0.05
 AGGRESSIVE_ATTEMPT_TIMEOUT = 0.1
@@ -186,3 +192,46 @@ async def http_attempt(spec: ProbeSpec, port: int, timeout: float) -> bool:
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
         return False
     return 200 <= int(parts[1]) < 400
+
+
+class H2cAttempt:
+    """Probe attempts for an h2c user container: HTTP probes as an h2c GET, TCP probes as a connect.
+
+    The pool of the request path serves probes of the user port (a probe then also warms the
+    connection requests will use); a probe of another host or port gets a pool of its own.
+    """
+
+    __slots__ = ("_own", "_pools")
+
+    def __init__(self, main: H2Upstream) -> None:
+        self._pools: dict[tuple[str, int], H2Upstream] = {(main.host, main.port): main}
+        self._own: list[H2Upstream] = []
+
+    def _pool(self, host: str, port: int) -> H2Upstream:
+        pool = self._pools.get((host, port))
+        if pool is None:
+            pool = self._pools[(host, port)] = H2Upstream(host, port, max_streams_per_connection=1)
+            self._own.append(pool)
+        return pool
+
+    async def __call__(self, spec: ProbeSpec, port: int, timeout: float) -> bool:
+        if spec.kind != "http":
+            return await tcp_attempt(spec.host, port, timeout)
+        if spec.scheme == "https":
+            return await http_attempt(spec, port, timeout)  # h2 over TLS would need ALPN: HTTP/1.1
+        try:
+            headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in spec.headers]
+            if not any(n == b"user-agent" for n, _ in headers):
+                headers.append((b"user-agent", PROBE_USER_AGENT))
+            status = await self._pool(spec.host, port).probe(
+                spec.path.encode("latin-1"), headers, timeout=timeout
+            )
+        except (UpstreamError, UnicodeEncodeError):
+            return False
+        return 200 <= status < 400
+
+    async def close(self) -> None:
+        """Close the pools this made (the request path's own pool is closed by its owner)."""
+        for pool in self._own:
+            pool.abort()
+        self._own.clear()
