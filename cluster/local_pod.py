@@ -120,7 +120,8 @@ def user_env(
 def queue_env(
     revision: Revision, pod: str, ports: PodPorts, drain_quiet_period: float, base: Mapping[str, str]
 ) -> dict[str, str]:
-    """The queue-proxy's environment: Knative's contract, on this pod's loopback ports."""
+    """The queue-proxy's environment: Knative's contract, on this pod's loopback ports, plus the app's
+    protocol (``QUEUE_USER_PROTOCOL``: ``h2c`` when the container port is named h2c, else ``http1``)."""
     t = revision.template
     env = dict(base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, base.get("PYTHONPATH", "")) if p)
@@ -143,6 +144,8 @@ def queue_env(
         USER_METRICS_PORT=str(ports.user_metrics),
         QUEUE_DRAIN_QUIET_PERIOD_SECONDS=str(drain_quiet_period),
         QUEUE_BIND_ADDRESS=LOCALHOST,
+        # Knative tells an h2c revision by its serving port 8013; local ports are random, so say it
+        QUEUE_USER_PROTOCOL=t.container.protocol,
     )
     return env
 
