@@ -54,6 +54,7 @@ class ActivatorConfig:
     pod_ip: str
     host: str
     port: int
+    h2c_port: int  # 0: none
     admin_port: int
     autoscaler_url: str
     drain_timeout: float
@@ -71,6 +72,7 @@ class ActivatorConfig:
             pod_ip=env_str(env, "POD_IP", "127.0.0.1" if local else None),
             host=env_str(env, "ACTIVATOR_HOST", "127.0.0.1" if local else "0.0.0.0"),
             port=env_port(env, "ACTIVATOR_PORT", 8012),
+            h2c_port=env_port(env, "ACTIVATOR_H2C_PORT", 0 if local else 8013),
             admin_port=env_port(env, "ACTIVATOR_METRICS_PORT", 9090),
             autoscaler_url=env.get("AUTOSCALER_URL", default_url),
             # Knative sleeps 45 s (DefaultDrainTimeout) after SIGTERM so load balancers notice.

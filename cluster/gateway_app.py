@@ -99,6 +99,7 @@ class GatewayApp:
         self.draining = False
         self.routes_loaded = True
         self.server: AutoServer | None = None
+        self.h2c_server: AutoServer | None = None
         self.port = 0
         self.admin_port = 0
         self._admin: web.AppRunner | None = None
@@ -157,11 +158,19 @@ class GatewayApp:
 
     # -- life --------------------------------------------------------------------------------------
     async def start(
-        self, host: str, port: int, *, admin_host: str | None = None, admin_port: int | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        admin_host: str | None = None,
+        admin_port: int | None = None,
+        h2c_port: int | None = None,
     ) -> int:
         """Listen on ``host:port`` (0: any free port); returns the port. ``admin_port`` None: no side port."""
         self.server = await serve_auto(self.handle, host, port)  # HTTP/1.1 and h2c, as Knative's
         self.port = self.server.port
+        if h2c_port is not None:  # Knative's activator also listens on 8013 (same handler, same protocols)
+            self.h2c_server = await serve_auto(self.handle, host, h2c_port)
         if admin_port is not None:
             runner = web.AppRunner(admin_app(self.health, self.registry), access_log=None)
             await runner.setup()
@@ -178,8 +187,8 @@ class GatewayApp:
 
     async def shutdown(self, timeout: float) -> None:
         self.draining = True
-        if self.server is not None:
-            await self.server.shutdown(timeout)
+        servers = [s for s in (self.server, self.h2c_server) if s is not None]
+        await asyncio.gather(*(s.shutdown(timeout) for s in servers))
         if self._reporter_task is not None:
             self._reporter_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -427,7 +436,7 @@ async def _amain(args: argparse.Namespace, cfg: ActivatorConfig) -> None:
         tasks.append(loop.create_task(kb.run()))
     if sink is not None:
         sink.start()
-    await app.start(cfg.host, cfg.port, admin_port=cfg.admin_port)
+    await app.start(cfg.host, cfg.port, admin_port=cfg.admin_port, h2c_port=cfg.h2c_port or None)
     log.info("gateway+activator on %s:%d, admin on %d", cfg.host, app.port, app.admin_port)
     try:
         await run_until_signal(app.begin_drain, app.shutdown, drain_timeout=cfg.drain_timeout)

@@ -79,7 +79,7 @@ async def test_kubernetes_backend_routes_and_holds_until_endpoints(tmp_path: Pat
                 "users: [{name: me, user: {token: t}}]\n"
                 "contexts: [{name: fake, context: {cluster: fake, user: me}}]\ncurrent-context: fake\n"
             )
-            port, admin = free_port(), free_port()
+            port, admin, h2c_port = free_port(), free_port(), free_port()
             env = {
                 **os.environ,
                 "PYTHONPATH": str(ROOT),
@@ -90,6 +90,7 @@ async def test_kubernetes_backend_routes_and_holds_until_endpoints(tmp_path: Pat
                 "ACTIVATOR_HOST": "127.0.0.1",
                 "AUTOSCALER_URL": f"ws://127.0.0.1:{ws_port}/",
                 "DRAIN_TIMEOUT_SECONDS": "0",
+                "ACTIVATOR_H2C_PORT": str(h2c_port),
             }
             log_path = tmp_path / "activator.log"
             with log_path.open("wb") as log_file:
@@ -121,6 +122,10 @@ async def test_kubernetes_backend_routes_and_holds_until_endpoints(tmp_path: Pat
                 r = await asyncio.wait_for(req, 30)
                 assert r.status_code == 200 and r.text == f"pod saw {HOST}"
                 assert float(r.headers["x-zeroscale-cold-start"]) > 0
+                # the second listener (Knative's 8013) takes h2c with prior knowledge
+                async with httpx.AsyncClient(http1=False, http2=True, timeout=30) as h2:
+                    r2 = await h2.get(f"http://127.0.0.1:{h2c_port}/", headers={"Host": HOST})
+                assert r2.status_code == 200 and r2.http_version == "HTTP/2" and r2.text == f"pod saw {HOST}"
                 unknown = await c.get(
                     f"http://127.0.0.1:{port}/", headers={"Host": "nope.default.svc.cluster.local"}
                 )
