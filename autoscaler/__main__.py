@@ -42,6 +42,15 @@ def parse_args(argv: list[str], env: Mapping[str, str]) -> argparse.Namespace:
         default=env.get("AUTOSCALER_CONFIG"),
         help="config-autoscaler YAML (a ConfigMap or a mapping; env AUTOSCALER_CONFIG)",
     )
+    p.add_argument(
+        "--backend",
+        choices=["kubernetes"],
+        default=env.get("AUTOSCALER_BACKEND", "kubernetes"),
+        help="where pods and scales live (env AUTOSCALER_BACKEND); one machine: use `zeroscale up`",
+    )
+    p.add_argument(
+        "--kubeconfig", default=env.get("KUBECONFIG"), help="kubeconfig path (default: in-cluster)"
+    )
     return p.parse_args(argv)
 
 
@@ -82,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    backend: Backend = module.make_backend(env)
+    backend_env = dict(env)
+    if args.kubeconfig:
+        backend_env["KUBECONFIG"] = args.kubeconfig
+    backend: Backend = module.make_backend(backend_env, args.backend)
     settings = AutoscalerSettings(host=args.host, stat_port=args.stat_port, metrics_port=args.metrics_port)
     app = AutoscalerApp(
         scaler=backend.scaler,

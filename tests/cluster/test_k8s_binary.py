@@ -1,8 +1,7 @@
 """The real `autoscaler` process on the Kubernetes backend, reading a kubeconfig, against the fake API server.
 
-The autoscaler binary imports its backend from ``cluster.autoscaler_backend``; until that module
-exists the child process maps the name to ``cluster.k8s_autoscaler`` (one line, see below), which is
-exactly what the module is meant to be.
+The process is started as the rendered Deployment starts it: `python -m autoscaler --backend kubernetes`
+(here with `--kubeconfig` instead of the in-cluster service account).
 """
 
 from __future__ import annotations
@@ -24,15 +23,6 @@ from tests.fakes.k8s_helpers import configmap, deployment, eventually
 ROOT = Path(__file__).resolve().parents[2]
 NS = "zs-system"
 LEASE = "zeroscale-autoscaler-leader"
-CHILD = (
-    "import sys, importlib\n"
-    "try:\n"
-    "    importlib.import_module('cluster.autoscaler_backend')\n"
-    "except ModuleNotFoundError:\n"
-    "    import cluster.k8s_autoscaler as m; sys.modules['cluster.autoscaler_backend'] = m\n"
-    "from autoscaler.__main__ import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
 
 
 @pytest.mark.e2e
@@ -67,7 +57,17 @@ async def test_autoscaler_binary_leads_adopts_and_releases_the_lease_on_sigterm(
         log_path = tmp_path / "autoscaler.log"
         log_file = log_path.open("wb")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            sys.executable,
+            "-m",
+            "autoscaler",
+            "--backend",
+            "kubernetes",
+            "--kubeconfig",
+            str(kubeconfig),
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
         try:
 
