@@ -1,4 +1,4 @@
-"""Backends for the `autoscaler` binary, by name. One machine needs none: `zeroscale up` runs it in-process."""
+"""Backends for the `autoscaler` binary by name (one machine needs none: `zeroscale up` runs it inside)."""
 
 from __future__ import annotations
 
