@@ -34,9 +34,8 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> object:
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     # The binaries run on uvloop; so do the tests, so that a transport quirk of uvloop shows up here.
     import uvloop
 
-    return uvloop.EventLoopPolicy()
+    return {"uvloop": uvloop.new_event_loop}
