@@ -52,9 +52,11 @@ def say(text: str) -> None:
 
 
 class Demo:
-    def __init__(self, load_seconds: float, clients: int, use_hey: bool) -> None:
-        self.port = _port(8080)
-        self.admin_port = _port(9081)
+    def __init__(
+        self, load_seconds: float, clients: int, use_hey: bool, port: int = 8080, admin_port: int = 9081
+    ) -> None:
+        self.port = _port(port)
+        self.admin_port = _port(admin_port)
         self.load_seconds = load_seconds
         self.clients = clients
         self.hey = shutil.which("hey") if use_hey else None
@@ -203,13 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=20.0, help="how long the load runs (default 20)")
     p.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
+    p.add_argument("--port", type=int, default=8080, help="gateway port (another free one if taken)")
+    p.add_argument("--admin-port", type=int, default=9081, help="control API port (another if taken)")
     p.add_argument(
         "--no-hey", action="store_true", help="use the built-in load client even if hey is installed"
     )
     a = p.parse_args(argv)
     if not 1 <= a.clients <= 500 or not 1 <= a.seconds <= 300:
         p.error("--clients must be 1-500 and --seconds 1-300")
-    demo = Demo(a.seconds, a.clients, use_hey=not a.no_hey)
+    demo = Demo(a.seconds, a.clients, use_hey=not a.no_hey, port=a.port, admin_port=a.admin_port)
     try:
         ok = asyncio.run(demo.run())
     except KeyboardInterrupt:
