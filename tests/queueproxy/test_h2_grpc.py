@@ -147,7 +147,7 @@ class HoldServer:
 
 
 async def _stats_until(port: int, cond: Callable[[dict[float, Stat]], bool], what: str) -> dict[float, Stat]:
-    """Scrape the protobuf Stat every 0.1 s (it changes once a second), keyed by uptime, until cond."""
+    """Scrape the protobuf Stat every 0.05 s (it changes once a second), keyed by uptime, until cond."""
     seen: dict[float, Stat] = {}
     deadline = time.monotonic() + 20
     async with httpx.AsyncClient(trust_env=False, timeout=5) as c:
@@ -159,7 +159,7 @@ async def _stats_until(port: int, cond: Callable[[dict[float, Stat]], bool], wha
                 return seen
             if time.monotonic() > deadline:
                 raise AssertionError(f"no such stats within 20 s: {what}; got {list(seen.values())}")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
 
 
 async def test_cc1_three_streams_on_one_connection_reach_the_app_one_at_a_time() -> None:
@@ -177,7 +177,7 @@ async def test_cc1_three_streams_on_one_connection_reach_the_app_one_at_a_time()
                     q.metrics_port,
                     lambda s: (
                         sum(x.request_count for x in s.values()) == 3
-                        and any(x.average_concurrent_requests == 3.0 for x in s.values())
+                        and any(x.average_concurrent_requests > 2.99 for x in s.values())
                     ),
                     "three requests counted, three in flight",
                 )
