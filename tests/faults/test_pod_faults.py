@@ -47,13 +47,15 @@ def _inside(log: Path) -> set[int]:
     return started - ended
 
 
+@pytest.mark.parametrize("in_path", [True, False], ids=["activator-in-path", "serve-mode"])
 async def test_sigkill_of_a_user_process_fails_the_requests_inside_it_and_only_those_before_it_left(
-    plane: LocalPlane,
+    plane: LocalPlane, in_path: bool
 ) -> None:
     """Every request inside the killed process gets a 502; nothing hangs; the pod is replaced; the only
     other failures are requests that reached its queue-proxy in the moment between the kill and the
     runtime taking the pod out of traffic (milliseconds: it watches the process exit)."""
     rev = plane.revision("web", 1)
+    plane.gateway.set_activator_in_path(rev.key, in_path)  # serve mode: the gateway goes straight to pods
     plane.route("web", {rev.name: 100})
     await plane.scale(rev.key, 3)
     await plane.wait_pods(rev.key, ready=3, total=3)
@@ -133,10 +135,12 @@ def _app_get(port: int, path: str) -> object:
     return json.loads(hostile.request(port, "GET", path, "h").body)
 
 
+@pytest.mark.parametrize("in_path", [True, False], ids=["activator-in-path", "serve-mode"])
 async def test_scale_down_takes_the_pod_out_first_then_lets_it_finish_its_work_then_stops_it(
-    plane: LocalPlane,
+    plane: LocalPlane, in_path: bool
 ) -> None:
     rev = plane.revision("web", 1, timeout=30)
+    plane.gateway.set_activator_in_path(rev.key, in_path)
     plane.route("web", {rev.name: 100})
     await plane.scale(rev.key, 2)
     await plane.wait_pods(rev.key, ready=2, total=2)
