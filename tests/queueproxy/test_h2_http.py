@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from cluster.render import build
 from queueproxy.config import QueueProxyConfig
 from serving.errors import ConfigError
 from serving.h2server import H2Server, serve_h2
 from serving.httpserver import Request, Responder
+from serving.spec import parse_services
 from tests.fakes.grpc_frames import h2_request
 from tests.queueproxy.procs import queue_proxy, user_app
 
@@ -41,6 +43,29 @@ def test_user_protocol_from_env(env: dict[str, str], protocol: str) -> None:
 def test_bad_user_protocol_names_the_variable(value: str) -> None:
     with pytest.raises(ConfigError, match=r"QUEUE_USER_PROTOCOL=.*expected http1 or h2c"):
         QueueProxyConfig.from_env({"QUEUE_USER_PROTOCOL": value})
+
+
+RENDERED = """
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: PORTNAME}
+spec:
+  template:
+    spec:
+      containers:
+        - image: ghcr.io/example/app:1
+          ports: [{name: PORTNAME, containerPort: 9000}]
+"""
+
+
+@pytest.mark.parametrize(("port_name", "protocol"), [("h2c", "h2c"), ("http1", "http1")])
+def test_rendered_queue_proxy_env_gives_the_port_names_protocol(port_name: str, protocol: str) -> None:
+    """On Kubernetes the serving port (8013 for h2c, as Knative) is what tells the queue-proxy."""
+    docs = build(parse_services(RENDERED.replace("PORTNAME", port_name), "svc.yaml"), {})
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith(port_name)]
+    [qp] = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "queue-proxy"]
+    env = {e["name"]: e["value"] for e in qp["env"] if "value" in e}
+    assert QueueProxyConfig.from_env(env).user_protocol == protocol
 
 
 # -- h2c clients, HTTP/1.1 app -----------------------------------------------------------------------
