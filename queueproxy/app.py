@@ -57,7 +57,7 @@ class QueueProxy:
         self.breaker = Breaker(queue_depth=10 * cc, max_concurrency=cc) if cc >= 1 else None
         # 2. the request path's pools to the user container: keep-alive HTTP/1.1 (Knative keeps cc idle
         #    connections, or 1000 when cc is 0), and for an h2c container multiplexed h2c connections
-        #    (at most cc streams each: with cc=1 each call has a connection of its own)
+        #    (at most cc streams each, 100 when cc is 0; the breaker admits cc at once anyway)
         self.upstream = Upstream("127.0.0.1", cfg.user_port, max_idle=cc or 1000)
         self.h2_upstream: H2Upstream | None = None
         self.h2_probes: H2cAttempt | None = None
