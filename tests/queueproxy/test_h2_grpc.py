@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 
@@ -249,3 +252,81 @@ async def test_abusive_connection_gets_goaway_and_others_keep_their_calls(
         assert await asyncio.to_thread(method(fresh, "Unary"), b"new", timeout=20) == b"echo:new"
     finally:
         fresh.close()
+
+
+# -- flow control through the queue-proxy process -------------------------------------------------
+
+
+def _grpc_message(msg: bytes) -> bytes:
+    return b"\x00" + struct.pack(">I", len(msg)) + msg
+
+
+async def test_a_client_that_stops_reading_stops_the_app(qp: QP, echo: EchoServer) -> None:
+    """16 MiB asked of a server stream by a client that grants no window: the app is held back after
+    a few windows' worth (client + queue-proxy + socket buffers), not after the whole stream."""
+    count, size = 1024, 16384
+    reader, writer = await asyncio.open_connection("127.0.0.1", qp.port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()  # the default 65,535-byte windows, not credited back for now
+    conn.send_headers(
+        1,
+        [
+            (b":method", b"POST"),
+            (b":path", b"/zeroscale.test.Echo/ServerStream"),
+            (b":scheme", b"http"),
+            (b":authority", b"qp"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ],
+    )
+    conn.send_data(1, _grpc_message(b"%dx%d" % (count, size)), end_stream=True)
+    writer.write(conn.data_to_send())
+    received = 0
+    credit = False
+    ended = False
+    trailers: dict[bytes, bytes] = {}
+
+    async def pump() -> None:
+        nonlocal received, ended, trailers
+        while not ended:
+            data = await reader.read(65536)
+            if not data:
+                raise AssertionError("queue-proxy closed the connection")
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    received += ev.flow_controlled_length or 0
+                    if credit:
+                        conn.acknowledge_received_data(ev.flow_controlled_length or 0, 1)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    trailers = dict(ev.headers or [])
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended = True
+            writer.write(conn.data_to_send())
+
+    before = echo.service.produced
+    task = asyncio.create_task(pump())
+    try:
+        await until(lambda: received >= 65535, timeout=20, what="client window filled")
+        # wait until the app has stopped producing (unchanged for half a second), then compare
+        last, still_since = -1, time.monotonic()
+        deadline = time.monotonic() + 20
+        while time.monotonic() - still_since < 0.5:
+            now = echo.service.produced
+            if now != last:
+                last, still_since = now, time.monotonic()
+            assert time.monotonic() < deadline, "the app never stopped producing"
+            await asyncio.sleep(0.02)
+        held_back = (echo.service.produced - before) * size
+        # measured: about 0.4 MiB (64 KiB client window + the queue-proxy's 256 KiB stream window + grpc's)
+        assert held_back < 4 * 1024 * 1024, f"{held_back} bytes produced for a stalled client"
+        credit = True
+        conn.acknowledge_received_data(received, 1)
+        conn.increment_flow_control_window(64 * 1024 * 1024)
+        conn.increment_flow_control_window(64 * 1024 * 1024, 1)
+        writer.write(conn.data_to_send())
+        await asyncio.wait_for(task, 30)
+        assert received == count * (size + 5)
+        assert trailers.get(b"grpc-status") == b"0"
+    finally:
+        task.cancel()
+        writer.close()
