@@ -1,6 +1,8 @@
 """gRPC end to end on loopback: a grpcio client -> the gateway (routing + activator, h2c) -> a real
 queue-proxy (h2c) -> the examples/grpc app (grpcio), pods started by cluster.local's runtime.
 
+Cold start of unary and bidi calls, trailers, a 40/60 split, an h2c client to an HTTP/1.1 app, and
+abusive frames on the gateway's h2c listener while a gRPC channel keeps working.
 The test plays the autoscaler (it scales when the activator holds a request), so a cold start
 happens exactly when it wants. ``zeroscale up`` with its own autoscaler is tests/e2e/test_grpc_up.py.
 """
@@ -8,9 +10,10 @@ happens exactly when it wants. ``zeroscale up`` with its own autoscaler is tests
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -24,10 +27,21 @@ from cluster.local_pod import PodPorts, queue_env
 from queueproxy.config import QueueProxyConfig
 from routing.table import RouteSpec, RouteTable, TableHolder
 from routing.traffic import Flattened, Split, Target
+from serving.h2_guard import ENHANCE_YOUR_CALM, FRAME_SIZE_ERROR, PROTOCOL_ERROR
 from serving.h2upstream import H2Upstream
 from serving.spec import Revision, RevisionHistory, parse_services
 from serving.types import RevisionKey
 from tests.conftest import ROOT
+from tests.fakes.grpc_frames import (
+    CONTINUATION,
+    DATA,
+    HEADERS,
+    PING,
+    RST_STREAM,
+    RawH2,
+    frame,
+    settings_frame,
+)
 from tests.util import until
 
 pytestmark = pytest.mark.e2e
@@ -198,3 +212,52 @@ async def test_h2c_client_to_an_http1_app_through_every_hop(plane: Plane) -> Non
         r = await c.get(f"http://127.0.0.1:{plane.port}/", headers={"Host": f"hello.default.{DOMAIN}"})
     assert r.http_version == "HTTP/2"
     assert (r.status_code, r.text) == (200, f"Hello zeroscale! (revision {rev.name})\n")
+
+
+def _rst(sid: int) -> bytes:
+    return frame(RST_STREAM, 0, sid, struct.pack(">I", 8))
+
+
+GATEWAY_ABUSE: list[tuple[str, Callable[[RawH2], bytes], int]] = [
+    ("even-stream-id", lambda r: r.request(2), PROTOCOL_ERROR),
+    ("frame-over-max-size", lambda r: frame(DATA, 0, 1, b"", length=16385), FRAME_SIZE_ERROR),
+    ("settings-flood", lambda r: settings_frame() * 3000, ENHANCE_YOUR_CALM),
+    ("ping-flood", lambda r: frame(PING, 0, 0, b"12345678") * 3000, ENHANCE_YOUR_CALM),
+    (
+        "rst-stream-flood",
+        lambda r: b"".join(r.request(s, b"/x", end_stream=False) + _rst(s) for s in range(1, 4001, 2)),
+        ENHANCE_YOUR_CALM,
+    ),
+    (
+        "header-block-past-limit",
+        lambda r: (
+            frame(HEADERS, 0, 1, r.header_block(extra=[(b"x-big", b"v" * 16000)]))
+            + frame(CONTINUATION, 0, 1, b"\x00" * 16000) * 4
+        ),
+        ENHANCE_YOUR_CALM,
+    ),
+]
+
+
+async def test_gateway_h2c_listener_answers_abuse_and_keeps_serving_grpc(plane: Plane) -> None:
+    rev = plane.revision("grpc")
+    plane.route("grpc", {rev.name: 100})
+    await plane.ready(rev.key)
+    ch = plane.channel("grpc")
+    try:
+        hello = ch.unary_unary(f"{GREETER}/SayHello")
+        assert await asyncio.to_thread(hello, b"before", timeout=30) == b"Hello before! (revision grpc-00001)"
+        for name, attack, code in GATEWAY_ABUSE:
+            raw = await RawH2.connect(plane.port)
+            try:
+                raw.send(attack(raw))
+                got = await raw.goaway()
+                assert got is not None and got[1] == code, (name, got)
+                assert await raw.closed(), name
+            finally:
+                raw.close()
+            # the channel connected before the attack keeps working
+            reply = await asyncio.to_thread(hello, name.encode(), timeout=30)
+            assert reply == b"Hello %s! (revision grpc-00001)" % name.encode()
+    finally:
+        ch.close()
