@@ -78,19 +78,7 @@ class _State:
 
     def clone(self) -> _State:
         """A copy to try a change on (Services and Revisions are immutable and shared)."""
-        return _State(_clone_history(self.history), {k: st.clone() for k, st in self.services.items()})
-
-
-def _clone_history(history: RevisionHistory) -> RevisionHistory:
-    # RevisionHistory keeps dicts of immutable Revisions (and lists of them): copying the containers
-    # copies the history. (A RevisionHistory.copy() in serving.spec_revision would say this better.)
-    new = RevisionHistory()
-    for slot in type(history).__slots__:
-        value = getattr(history, slot)
-        if isinstance(value, dict):
-            value = {k: list(v) if isinstance(v, list) else v for k, v in value.items()}
-        setattr(new, slot, value)
-    return new
+        return _State(self.history.copy(), {k: st.clone() for k, st in self.services.items()})
 
 
 class Reconciler:

@@ -69,6 +69,15 @@ class RevisionHistory:
         self._latest: dict[tuple[str, str], Revision] = {}
         self._generation: dict[tuple[str, str], int] = {}
 
+    def copy(self) -> RevisionHistory:
+        """An independent history with the same revisions (Revisions are immutable: containers are copied)."""
+        new = RevisionHistory()
+        new._by_name = dict(self._by_name)
+        new._order = {k: list(v) for k, v in self._order.items()}
+        new._latest = dict(self._latest)
+        new._generation = dict(self._generation)
+        return new
+
     def admit(self, service: Service) -> tuple[Revision, bool]:
         """The Service's latest revision after applying it, and whether it was created just now."""
         sk = (service.namespace, service.name)

@@ -112,3 +112,15 @@ def test_services_are_independent_and_forget_restarts_generations() -> None:
     assert [r.name for r in h.forget("default", "hello")] == ["hello-00001"]
     assert h.latest("default", "hello") is None
     assert h.admit(svc())[0].name == "hello-00001"
+
+
+def test_copy_is_independent_of_the_original() -> None:
+    h = RevisionHistory()
+    r1, _ = h.admit(svc())
+    trial = h.copy()
+    r2, created = trial.admit(svc(**{f"{C0}.env": [{"name": "TARGET", "value": "v2"}]}))
+    assert created and r2.name == "hello-00002"
+    # a refused apply works on a copy: the original has not moved
+    assert h.latest("default", "hello") == r1
+    assert [r.name for r in h.revisions("default", "hello")] == ["hello-00001"]
+    assert h.admit(svc(**{f"{C0}.env": [{"name": "TARGET", "value": "v2"}]}))[0].name == "hello-00002"
