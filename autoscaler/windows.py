@@ -30,6 +30,14 @@ _MIN_SMOOTHING = 0.2
 _PRECISION = 1e6  # linear averages keep 6 decimals, cut (not rounded) as Knative's roundToNDigits
 
 
+def _cut(avg: float) -> float:
+    # The running total is kept by adding and subtracting floats, so a window whose buckets are all
+    # zero can come out at -1e-17; cut to 6 decimals that would read -0.000001. Treat float noise as 0.
+    if -1e-9 < avg < 0:
+        return 0.0
+    return math.floor(avg * _PRECISION) / _PRECISION
+
+
 def smoothing_coefficient(num_buckets: float) -> float:
     """m = max(1 - (1 - 0.9999)^(1/N), 0.2): 60 buckets -> 0.2, 6 buckets -> 0.78456..."""
     if num_buckets <= 0:
@@ -109,13 +117,13 @@ class TimedBuckets:
         d = (now - last) * self._g
         if d <= 0:
             count = min(last - first + 1, n)
-            return math.floor(self._total / count * _PRECISION) / _PRECISION
+            return _cut(self._total / count)
         if d < self._window:
             total = self._total
             for i in range(last + 1, now + 1):
                 total -= self._buckets[i % n]
             count = min(last - first + 1, n - (now - last))
-            return math.floor(total / count * _PRECISION) / _PRECISION
+            return _cut(total / count)
         return 0.0
 
     def resize_window(self, window: float, t: float) -> None:

@@ -123,3 +123,14 @@ def test_bad_window_arguments() -> None:
     with pytest.raises(ValueError, match="num_buckets"):
         smoothing_coefficient(0)
     assert math.isfinite(smoothing_coefficient(3600))
+
+
+def test_float_noise_of_the_running_total_does_not_read_negative() -> None:
+    b = TimedBuckets(6.0, 1.0)
+    for t, v in enumerate([0.403, 2.542, 2.291, 0.765, 1.486, 1.348]):
+        b.record(float(t), v)
+    # once every non-zero bucket has left the window, only the running total's float error remains
+    for t in range(6, 12):
+        b.record(float(t), 0.0)
+    assert b._total < 0  # the float error this test is about (-1.3e-15 with these values)
+    assert b.window_average(11.0) == 0.0
