@@ -138,6 +138,18 @@ def _req(case: str, rest: bytes, first: bytes | None = None) -> bytes:
     return line + b"\r\n" + rest
 
 
+def _body(case: str, te: bytes, body: bytes) -> bytes:
+    """A request whose head is valid and whose chunked body is not, with a request smuggled behind it.
+
+    Only the smuggled one carries ``case=<id>``: the outer request may legitimately have reached the
+    app, cut short, if its head arrived in an earlier read than the bad body."""
+    return (
+        b"POST /headers?body=%s HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: %s\r\n\r\n%s"
+        b"GET /headers?case=%s-smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+        % (case.encode(), te, body, case.encode())
+    )
+
+
 # (id, bytes). Each must be refused (4xx or closed); ``case=<id>`` must never reach the app.
 CASES: list[tuple[str, bytes]] = [
     ("no-version", b"GET /headers?case=no-version\r\nHost: h\r\n\r\n"),
@@ -191,6 +203,16 @@ CASES: list[tuple[str, bytes]] = [
         b"POST /headers?case=te-space-name HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n"
         b"Content-Length: 5\r\n\r\n0\r\n\r\n",
     ),
+    ("te-twice", _body("te-twice", b"chunked\r\nTransfer-Encoding: chunked", b"0\r\n\r\n")),
+    ("chunk-size-bad", _body("chunk-size-bad", b"chunked", b"zz\r\nhello\r\n0\r\n\r\n")),
+    (
+        "chunk-size-overflow",
+        _body("chunk-size-overflow", b"chunked", b"fffffffffffffffffff1\r\nhello\r\n0\r\n\r\n"),
+    ),
+    ("chunk-data-too-long", _body("chunk-data-too-long", b"chunked", b"5\r\nhelloXX0\r\n\r\n")),
+    ("chunk-ext-bare-lf", _body("chunk-ext-bare-lf", b"chunked", b"5;a\nb\r\nhello\r\n0\r\n\r\n")),
+    ("chunk-size-bare-lf", _body("chunk-size-bare-lf", b"chunked", b"5\nhello\r\n0\r\n\r\n")),
+    ("trailer-smuggle", _body("trailer-smuggle", b"chunked", b"0\r\nX-T: a\r\n")),
     ("two-hosts", _req("two-hosts", b"Host: h\r\nHost: other\r\n\r\n")),
     ("no-host", _req("no-host", b"X-A: b\r\n\r\n")),
     ("url-too-long", b"GET /headers?case=url-too-long&p=" + b"a" * 70000 + b" HTTP/1.1\r\nHost: h\r\n\r\n"),
