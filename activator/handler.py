@@ -219,6 +219,14 @@ class Activator:
     ) -> int:
         """Through the pod's own pool: keep-alive HTTP/1.1, or multiplexed h2c for h2c revisions."""
         up = pod.attachment
+        if rev.settings.protocol == "h2c" and req.upgrade is not None:
+            # Websockets have no HTTP/2 form here (RFC 8441 is not spoken): a connection of their own,
+            # over HTTP/1.1, as the queue-proxy does for them. Long-lived, so not worth pooling.
+            ws_up = Upstream(pod.endpoint.host, pod.endpoint.port, max_idle=0)
+            try:
+                return await forward(req, resp, ws_up, headers)
+            finally:
+                await ws_up.close()
         if rev.settings.protocol == "h2c":
             if up is None:
                 up = pod.attachment = H2Upstream(pod.endpoint.host, pod.endpoint.port)

@@ -292,6 +292,7 @@ class UpPlane:
             timeout_seconds=t.timeout_seconds,
             response_start_timeout_seconds=t.response_start_timeout_seconds or None,
             idle_timeout_seconds=t.idle_timeout_seconds,
+            protocol=t.container.protocol,
         )
         self._unsubscribe[key] = self.runtime.subscribe(key, functools.partial(self._on_endpoints, key))
         scaling = self.multiscaler.upsert(

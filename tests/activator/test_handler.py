@@ -358,3 +358,37 @@ def test_bad_protocol_named() -> None:
 def test_toward_pod_cannot_be_stripped_by_connection() -> None:
     out = toward_pod([(b"connection", b"k-proxy-request, k-original-host"), (b"te", b"trailers, gzip")], b"h")
     assert out == [(b"te", b"trailers"), (b"k-original-host", b"h"), (b"k-proxy-request", b"activator")]
+
+
+async def test_websocket_to_an_h2c_revision_goes_over_http1() -> None:
+    """An h2c (gRPC) revision's pods get HTTP/2, but a websocket upgrade has no HTTP/2 form here."""
+    import aiohttp
+    from aiohttp import web
+
+    async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            await sock.send_str("pod:" + msg.data)
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_echo)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    pod_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    f = Front()
+    url = await f.start()
+    try:
+        f.activator.add_revision(KEY, RevisionSettings(0, RequestTimeouts(30, 30, 0), "h2c"))
+        f.publish([Endpoint("ws-pod", "127.0.0.1", pod_port)])
+        hdrs = {"Knative-Serving-Namespace": "default", **_rev()}
+        async with aiohttp.ClientSession() as s, s.ws_connect(url + "/ws", headers=hdrs) as ws:
+            await ws.send_str("hi")
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            assert msg.data == "pod:hi"
+    finally:
+        await f.close()
+        await runner.cleanup()

@@ -38,12 +38,6 @@ def _calls(port: int) -> tuple[bytes, dict[str, str], list[bytes]]:
         return reply, dict(call.trailing_metadata() or ()), out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cluster/up_plane.py UpPlane._start_revision does not pass protocol=t.container.protocol to "
-    "GatewayApp.add_revision: the activator forwards h2c revisions over HTTP/1.1, which drops "
-    "'te: trailers', and grpcio resets the stream (the client gets UNAVAILABLE, HTTP 502)",
-)
 async def test_grpc_from_zero_through_zeroscale_up() -> None:
     with up_process("-f", GRPC, "--config", DEMO_CONFIG) as up:
         await up.wait_up()
