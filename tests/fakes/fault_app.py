@@ -14,9 +14,13 @@ what it says was inside it is what was inside it (no framework task in between).
 * ``/journal``             JSON list of the last requests received (method, target, headers, ``t``:
                            ``time.monotonic()`` on arrival, comparable across processes), oldest
                            first; ``/journal?clear=1`` empties it (these two are not journaled).
-* ``/inflight``            JSON ``{"now": n, "max": m}``: requests and websockets open right now.
+* ``/inflight``            JSON ``{"now": n, "max": m, "connections": c}``: requests and websockets
+                           open right now, the most at once, connections accepted so far.
 * ``/pid``                 the process id.
 * ``/ws``                  a websocket (RFC 6455, text and binary echo) that counts as in flight.
+
+``--keepalive-ms N`` closes a connection that stayed idle N ms after an answer (as app servers with a
+short keep-alive do: gunicorn 2 s, Node 5 s), the race behind many proxies' sporadic 502s.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ JOURNAL_KEPT = 2000
 
 
 class State:
-    def __init__(self, log_path: str | None) -> None:
+    def __init__(self, log_path: str | None, keepalive: float | None = None) -> None:
+        self.keepalive = keepalive
         self.journal: collections.deque[dict[str, object]] = collections.deque(maxlen=JOURNAL_KEPT)
         self.inflight = 0
         self.max_inflight = 0
+        self.connections = 0  # accepted so far
         self.revision = os.environ.get("K_REVISION", "none")
         self.log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if log_path else None
 
@@ -85,15 +91,18 @@ class Conn(asyncio.Protocol):
         self.ws = False
         self.ws_buf = b""
         self.pending: asyncio.TimerHandle | None = None
+        self.idle: asyncio.TimerHandle | None = None
         self.busy = False  # a request of this connection is being served (counted in flight)
 
     # -- asyncio ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.state.connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.pending is not None:
-            self.pending.cancel()
+        for timer in (self.pending, self.idle):
+            if timer is not None:
+                timer.cancel()
         if self.busy:
             self.busy = False
             self.state.inflight -= 1
@@ -115,6 +124,9 @@ class Conn(asyncio.Protocol):
 
     # -- parser callbacks ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
         self.url = b""
         self.headers = []
 
@@ -144,6 +156,9 @@ class Conn(asyncio.Protocol):
     def _send(self, status: int, body: bytes, ctype: bytes = b"text/plain") -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(_response(status, body, ctype))
+            if self.state.keepalive is not None:
+                loop = asyncio.get_running_loop()
+                self.idle = loop.call_later(self.state.keepalive, self.transport.close)
 
     def _json(self, doc: object) -> None:
         self._send(200, json.dumps(doc).encode(), b"application/json")
@@ -169,7 +184,7 @@ class Conn(asyncio.Protocol):
                 st.journal.clear()
             self._json(entries)
         elif path == "/inflight":
-            self._json({"now": st.inflight, "max": st.max_inflight})
+            self._json({"now": st.inflight, "max": st.max_inflight, "connections": st.connections})
         elif path == "/pid":
             self._send(200, str(os.getpid()).encode())
         elif path == "/ws":
@@ -235,11 +250,11 @@ class Conn(asyncio.Protocol):
                 self.transport.write(_ws_frame(opcode, payload))
 
 
-async def main_async(port: int, host: str, log_path: str | None) -> None:
+async def main_async(port: int, host: str, log_path: str | None, keepalive: float | None = None) -> None:
     log_dir = os.environ.get("FAULT_LOG_DIR")
     if log_dir:
         log_path = os.path.join(log_dir, f"{os.environ.get('K_REVISION', 'none')}-{os.getpid()}.log")
-    state = State(log_path)
+    state = State(log_path, keepalive)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Conn(state), host, port, backlog=1024)
     async with server:
@@ -250,10 +265,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description="user container with a request journal, for fault tests")
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--keepalive-ms", type=float, help="close connections idle this long after an answer")
     args = p.parse_args()
+    keepalive = args.keepalive_ms / 1000 if args.keepalive_ms is not None else None
     import uvloop
 
-    uvloop.run(main_async(args.port, args.host, os.environ.get("FAULT_LOG")))
+    uvloop.run(main_async(args.port, args.host, os.environ.get("FAULT_LOG"), keepalive))
 
 
 if __name__ == "__main__":

@@ -91,10 +91,12 @@ class Load:
         max_seconds: float = 60.0,
         max_requests: int = 100_000,
         request_timeout: float = 20.0,
+        think: Callable[[], float] | None = None,
     ) -> None:
         self.port, self.host, self.path_fn = port, host, path_fn
         self.active = workers
         self.max_seconds, self.max_requests, self.request_timeout = max_seconds, max_requests, request_timeout
+        self.think = think  # seconds a worker pauses after each answer (the load's shape)
         self.results: list[Result] = []
         self.sent = 0
         self._next_id = 0
@@ -145,6 +147,8 @@ class Load:
                     status = "closed" if isinstance(e, asyncio.IncompleteReadError) else type(e).__name__
                     await conn.close()
                 self.results.append(Result(rid, status, body, t0, time.monotonic()))
+                if self.think is not None:
+                    await asyncio.sleep(self.think())
         finally:
             await conn.close()
 

@@ -53,12 +53,37 @@ class FaultPod:
         return out
 
 
-def start_pod(procs: Procs, revision: str, cc: int = 0, extra: dict[str, str] | None = None) -> FaultPod:
+def start_pod(
+    procs: Procs,
+    revision: str,
+    cc: int = 0,
+    extra: dict[str, str] | None = None,
+    app_args: tuple[str, ...] = (),
+) -> FaultPod:
+    """A ready pod. Free ports are found by binding port 0 and letting go, so another test running
+    at the same moment may take one first: a start whose process exits at once is tried again on
+    other ports (up to three times)."""
+    for attempt in range(3):
+        try:
+            return _start_pod(procs, revision, cc, extra, app_args)
+        except _ExitedEarly:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _ExitedEarly(AssertionError):
+    pass
+
+
+def _start_pod(
+    procs: Procs, revision: str, cc: int, extra: dict[str, str] | None, app_args: tuple[str, ...]
+) -> FaultPod:
     ports = [free_port() for _ in range(5)]
     log = procs.tmp / f"{revision}-requests.log"
     pod = FaultPod(revision, ports[0], ports[1], ports[2], ports[3], ports[4], log)
-    procs.start(
-        [PYTHON, FAULT_APP, "--port", str(pod.app_port)],
+    app = procs.start(
+        [PYTHON, FAULT_APP, "--port", str(pod.app_port), *app_args],
         env={"K_REVISION": revision, "FAULT_LOG": str(log)},
         name=f"{revision}-app",
     )
@@ -86,7 +111,15 @@ def start_pod(procs: Procs, revision: str, cc: int = 0, extra: dict[str, str] | 
         r = httpx.get(f"http://127.0.0.1:{pod.port}/", headers={"K-Network-Probe": "queue"}, timeout=2)
         return r.status_code == 200
 
-    wait_for(ready, 30, f"pod {revision} ready", qp)
+    try:
+        wait_for(ready, 30, f"pod {revision} ready", qp)
+    except AssertionError:
+        exited = qp.poll() is not None or app.poll() is not None
+        for p in (qp, app):
+            procs.stop(p)
+        if exited:
+            raise _ExitedEarly(f"pod {revision}: a process exited during start-up (port taken?)") from None
+        raise
     return pod
 
 
