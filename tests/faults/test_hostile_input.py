@@ -8,6 +8,8 @@ request smuggled behind it), and must leave the process serving others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 from collections import Counter
@@ -167,3 +169,37 @@ async def test_a_slow_client_gets_408_when_the_header_timeout_runs_out() -> None
         assert seen == []
     finally:
         await server.shutdown(1.0)
+
+
+def test_many_idle_connections_cost_little_and_block_no_one(plane: Stack) -> None:
+    """300 connections per process that never send a byte: others are served, memory barely moves."""
+    import psutil
+
+    pids = {"gateway": plane.gateway.proc.pid, "queue-proxy": _qp_pid(plane)}
+    before = {w: psutil.Process(pid).memory_info().rss for w, pid in pids.items()}
+    idle: list[socket.socket] = []
+    try:
+        for which in pids:
+            port, _ = _target(plane, which)
+            idle += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(300)]
+        for _ in range(20):
+            for which in pids:
+                _serves(plane, which)
+        after = {w: psutil.Process(pid).memory_info().rss for w, pid in pids.items()}
+    finally:
+        for s in idle:
+            s.close()
+    growth = {w: (after[w] - before[w]) / 2**20 for w in pids}
+    assert all(g < 16 for g in growth.values()), growth  # MiB for 300 idle connections
+    print(f"300 idle connections: RSS growth in MiB {growth}")
+
+
+def _qp_pid(plane: Stack) -> int:
+    import psutil
+
+    for p in plane.procs.procs:
+        with contextlib.suppress(psutil.Error):
+            conns = psutil.Process(p.pid).net_connections(kind="inet")
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == plane.web.port for c in conns):
+                return p.pid
+    raise AssertionError("web's queue-proxy process not found")
