@@ -35,13 +35,13 @@ from serving.headers import (
     SERVING_REVISION,
 )
 from serving.httpserver import Request, Responder
+from serving.timeouts import RequestTimeouts, Sweeper
 from serving.types import Endpoint, RevisionKey
 from serving.upstream import Upstream, UpstreamError, forward, strip_hop_by_hop
 
 from .backends import EndpointSource, Prober, RevisionBackends
 from .reporter import ConcurrencyReporter
 from .throttler import QUEUE_DEPTH, PodTracker, RevisionThrottler
-from .timeouts import RequestTimeouts, Sweeper
 
 __all__ = ["COLD_START_BUCKETS", "Activator", "RevisionSettings"]
 

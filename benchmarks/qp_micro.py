@@ -173,13 +173,14 @@ def handler_only() -> dict[str, float]:
     import uvloop
     from prometheus_client import CollectorRegistry
 
-    from queueproxy.handler import QueueHandler, Timeouts
+    from queueproxy.handler import QueueHandler
     from queueproxy.usermetrics import UserMetrics
     from serving.breaker import Breaker
     from serving.clock import FakeClock
     from serving.drain import Drainer
     from serving.httpserver import Headers
     from serving.stats import RequestStats
+    from serving.timeouts import RequestTimeouts
 
     class Req:
         method = b"GET"
@@ -216,7 +217,7 @@ def handler_only() -> dict[str, float]:
         return UserMetrics(CollectorRegistry(), namespace="n", service="s", configuration="c", revision="r")
 
     configs = {
-        "bare (no timeouts, no breaker, no metrics)": {"timeouts": Timeouts(0)},
+        "bare (no timeouts, no breaker, no metrics)": {"timeouts": RequestTimeouts(0, 0, 0)},
         "default (total timeout, user metrics)": {"metrics": metrics()},
         "cc=10 (breaker too)": {"metrics": metrics(), "breaker": Breaker(100, 10)},
     }

@@ -34,7 +34,6 @@ from activator.handler import Activator, RevisionSettings
 from activator.reporter import CallbackSink, ConcurrencyReporter, StatSink
 from activator.stat_sink import WebsocketSink
 from activator.throttler import QUEUE_DEPTH
-from activator.timeouts import RequestTimeouts
 from routing.gateway import Gateway
 from routing.table import RouteSpec, RouteTable, TableHolder
 from routing.traffic import flatten, parse_traffic
@@ -43,6 +42,7 @@ from serving.h2server import AutoServer, serve_auto
 from serving.httpserver import Request, Responder
 from serving.logs import setup_logging
 from serving.stat import WireStat
+from serving.timeouts import RequestTimeouts
 from serving.types import Endpoint, RevisionKey
 
 __all__ = [

@@ -27,11 +27,12 @@ from serving.h2server import AutoServer, serve_auto
 from serving.h2upstream import H2Upstream
 from serving.logs import setup_logging
 from serving.stats import RequestStats
+from serving.timeouts import RequestTimeouts
 from serving.upstream import Upstream
 
 from .admin import DrainControl, admin_app
 from .config import QueueProxyConfig
-from .handler import QueueHandler, Timeouts
+from .handler import QueueHandler
 from .health import H2cAttempt, Readiness
 from .reporter import StatsReporter, metrics_app
 from .usermetrics import UserMetrics, user_metrics_app
@@ -91,7 +92,7 @@ class QueueProxy:
             readiness=self.readiness,
             breaker=self.breaker,
             metrics=self.user_metrics,
-            timeouts=Timeouts(cfg.revision_timeout, cfg.response_start_timeout, cfg.idle_timeout),
+            timeouts=RequestTimeouts(cfg.revision_timeout, cfg.response_start_timeout, cfg.idle_timeout),
             h2_upstream=self.h2_upstream,
         )
         self.server: AutoServer | None = None

@@ -46,12 +46,12 @@ from serving.headers import (
 )
 from serving.httpserver import Request, Responder
 from serving.stats import RequestStats
+from serving.timeouts import RequestTimeouts, Sweeper
 from serving.upstream import Upstream, UpstreamError, forward
 
 from .rewrite import upstream_headers
-from .timeouts import Sweeper, Timeouts
 
-__all__ = ["Forward", "H2Forward", "QueueHandler", "Timeouts"]
+__all__ = ["Forward", "H2Forward", "QueueHandler"]
 
 _HEALTH_UAS = (KUBE_PROBE_UA, ACTIVATOR_PROBE_UA, AUTOSCALING_PROBE_UA)
 _TIMEOUT_BODY = b"request timeout"
@@ -88,6 +88,7 @@ class QueueHandler:
         "_readiness",
         "_stats",
         "_sweeper",
+        "_timeouts",
         "_upstream",
     )
 
@@ -100,7 +101,7 @@ class QueueHandler:
         readiness: ReadinessCheck,
         breaker: Breaker | None = None,
         metrics: RequestMetrics | None = None,
-        timeouts: Timeouts | None = None,
+        timeouts: RequestTimeouts | None = None,
         forward_fn: Forward = forward,
         h2_upstream: H2Upstream | None = None,
         h2_forward_fn: H2Forward = forward_h2,
@@ -112,8 +113,9 @@ class QueueHandler:
         self._readiness = readiness
         self._breaker = breaker
         self._metrics = metrics
-        timeouts = timeouts or Timeouts()
-        self._sweeper = Sweeper(timeouts) if timeouts.any else None
+        timeouts = timeouts or RequestTimeouts(300.0, 0.0, 0.0)
+        self._timeouts = timeouts
+        self._sweeper = Sweeper(timeouts.interval()) if timeouts.any else None
         self._forward = forward_fn
         self._h2_forward = h2_forward_fn
 
@@ -148,7 +150,7 @@ class QueueHandler:
     async def _serve(self, req: Request, resp: Responder, start: float, breaker: Breaker | None) -> int:
         """Breaker gate and forward under the timeouts; the status to record (0: none, a refusal)."""
         sweeper = self._sweeper
-        entry = sweeper.track(resp, start) if sweeper is not None else None
+        entry = sweeper.track(resp, start, self._timeouts) if sweeper is not None else None
         acquired = False
         kind = b""
         try:

@@ -1,9 +1,20 @@
-"""Per-revision request timeouts in the activator, checked by one sweeper rather than a timer each.
+"""Knative's three per-request timeouts, enforced by one sweeper instead of a loop timer per request.
 
-Knative's activator applies the revision's ``timeoutSeconds`` (whole request, waiting in the queue
-included), ``responseStartTimeoutSeconds`` (until the response head) and ``idleTimeoutSeconds`` (since
-the last byte to the client), falling back to 300 / 300 / 0 s; 0 turns one off. With 10,000 requests
-queued for a cold revision, one sweep every 100 ms over a set costs less than 10,000 loop timers.
+Used by the queue-proxy (``REVISION_*_TIMEOUT_SECONDS``) and the activator (the revision's
+``timeoutSeconds``, ``responseStartTimeoutSeconds``, ``idleTimeoutSeconds``, falling back to
+300 / 300 / 0 s there); 0 turns one off:
+
+* total: a hard cap on the whole request, time waiting in a queue included;
+* response-start: only until the first byte of the response (a websocket's 101 is a first byte, so
+  an open websocket is never cut by it);
+* idle: time since the last byte written to the client; not applied after a 101, where the engine
+  sees only one direction of the tunnel.
+
+Arming a loop timer per request costs several microseconds (a TimerHandle in the loop's heap, then
+its cancellation); adding to a set costs a fraction of one, and with 10,000 requests queued for a
+cold revision one sweep every 100 ms is cheaper than 10,000 timers. A timeout fires at most one
+interval late, far below the one-second resolution of Knative's settings. The sweeper runs only
+while requests are tracked, so an idle process does not wake up.
 """
 
 from __future__ import annotations
@@ -26,6 +37,15 @@ class RequestTimeouts:
         for name in ("total", "response_start", "idle"):
             if getattr(self, name) < 0:
                 raise ValueError(f"timeout {name} must be >= 0 seconds, got {getattr(self, name)}")
+
+    @property
+    def any(self) -> bool:
+        return bool(self.total or self.response_start or self.idle)
+
+    def interval(self) -> float:
+        """A sweep interval fine enough for these timeouts: 100 ms, finer only below a second."""
+        live = [t for t in (self.total, self.response_start, self.idle) if t > 0]
+        return max(0.005, min(0.1, min(live) / 10)) if live else 0.1
 
 
 class Progress(Protocol):

@@ -19,6 +19,7 @@ PURE = [
     "serving.drain",
     "serving.envconfig",
     "serving.headers",
+    "serving.timeouts",
     "serving.spec",
     "serving.spec_model",
     "serving.spec_parse",

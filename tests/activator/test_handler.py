@@ -16,9 +16,9 @@ from activator.app import StandaloneHandler, revision_from_request
 from activator.backends import EndpointBoard
 from activator.handler import Activator, RevisionSettings, toward_pod
 from activator.reporter import CallbackSink, ConcurrencyReporter
-from activator.timeouts import RequestTimeouts
 from serving.httpserver import HttpServer, Request, Responder, serve
 from serving.stat import WireStat
+from serving.timeouts import RequestTimeouts
 from serving.types import Endpoint, RevisionKey
 
 from .helpers import until

@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from queueproxy.handler import QueueHandler, Timeouts
+from queueproxy.handler import QueueHandler
 from queueproxy.rewrite import forwarded_value, upstream_headers
 from serving.breaker import Breaker
 from serving.clock import FakeClock
 from serving.drain import Drainer
 from serving.httpserver import Headers
 from serving.stats import RequestStats
+from serving.timeouts import RequestTimeouts
 from serving.upstream import UpstreamError
 
 
@@ -191,7 +192,7 @@ async def test_total_timeout_before_the_response_is_504() -> None:
         await asyncio.Event().wait()
         return 200
 
-    h, _, _ = make(hang, timeouts=Timeouts(total=0.05))
+    h, _, _ = make(hang, timeouts=RequestTimeouts(0.05, 0, 0))
     resp = FakeResponder()
     await asyncio.wait_for(h(FakeRequest(), resp), 5)  # type: ignore[arg-type]
     assert (resp.status, resp.body, resp.aborted) == (504, b"request timeout", False)
@@ -205,7 +206,7 @@ async def test_timeout_after_the_response_started_cuts_the_connection() -> None:
         await asyncio.Event().wait()
         return 200
 
-    h, _, _ = make(started_then_hang, timeouts=Timeouts(total=10, response_start=0.01, idle=0.05))
+    h, _, _ = make(started_then_hang, timeouts=RequestTimeouts(10, 0.01, 0.05))
     resp = FakeResponder()
     await asyncio.wait_for(h(FakeRequest(), resp), 5)  # type: ignore[arg-type]
     assert resp.aborted and resp.status == 200  # idle fired; response-start did not (it had started)
