@@ -40,22 +40,30 @@ class ServerLimits:
 class Headers:
     """An ordered multi-map of header fields; names are lower-case bytes."""
 
-    __slots__ = ("items",)
+    __slots__ = ("_index", "_indexed", "items")
 
     def __init__(self, items: list[tuple[bytes, bytes]] | None = None) -> None:
         self.items: list[tuple[bytes, bytes]] = items if items is not None else []
+        self._index: dict[bytes, bytes] | None = None
+        self._indexed = 0
+
+    def _lookup(self) -> dict[bytes, bytes]:
+        # name -> first value, built in C on the first look-up (a handler asks for several fields;
+        # a Python scan of the list per field costs more); rebuilt if items grew meanwhile.
+        index = self._index
+        if index is None or self._indexed != len(self.items):
+            index = self._index = dict(reversed(self.items))
+            self._indexed = len(self.items)
+        return index
 
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
-        for n, v in self.items:
-            if n == name:
-                return v
-        return default
+        return self._lookup().get(name, default)
 
     def get_all(self, name: bytes) -> list[bytes]:
         return [v for n, v in self.items if n == name]
 
     def __contains__(self, name: object) -> bool:
-        return any(n == name for n, _ in self.items)
+        return name in self._lookup()
 
     def __iter__(self) -> Any:
         return iter(self.items)
@@ -602,15 +610,11 @@ class HttpProtocol(asyncio.Protocol):
         )
         self.close()
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._special = []
-        self._header_bytes = 0
-        if self._task is None and self._deadline_kind != _HEADER_DEADLINE:
-            self._arm(_HEADER_DEADLINE, self.limits.header_timeout)
-
+    # No on_message_begin (one Python call less per request): the per-message state is reset when
+    # the head is complete, and the header timeout starts with the first bytes of the request-target.
     def on_url(self, url: bytes) -> None:
+        if not self._url and self._task is None and self._deadline_kind != _HEADER_DEADLINE:
+            self._arm(_HEADER_DEADLINE, self.limits.header_timeout)
         self._url += url
         if len(self._url) > self.limits.max_request_line:
             raise _BadRequest(414, "request URI too long")
@@ -680,6 +684,8 @@ class HttpProtocol(asyncio.Protocol):
             req._complete = True
         self._url = b""
         self._headers = []
+        self._special = []
+        self._header_bytes = 0
         if self._task is not None:
             # Pipelined: answer in order once the current response is done; stop reading meanwhile.
             self._pipeline.append(req)
