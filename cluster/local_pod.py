@@ -365,6 +365,16 @@ class LocalPod:
             self._fail(self._died() or "stopped")
 
     async def _stop(self, graceful: bool) -> None:
+        try:
+            await self._stop_processes(graceful)
+        except BaseException:
+            # Cut short (the runtime's shutdown ran out of time, or was itself cancelled): this pod is
+            # about to leave the runtime's books, so nobody else would kill what is left of it.
+            self.queue.kill_now()
+            self.user.kill_now()
+            raise
+
+    async def _stop_processes(self, graceful: bool) -> None:
         s = self.settings
         if not graceful:
             await asyncio.gather(self.queue.stop(s.kill_grace), self.user.stop(s.kill_grace))

@@ -145,26 +145,16 @@ class UpPlane:
             await self.scraper.close()
 
     async def close_runtime(self, timeout: float, *, kill_first: bool = False) -> None:
-        """Stop every pod: drained within ``timeout`` (or at once with ``kill_first``), then SIGKILL.
+        """Stop every pod: drained within ``timeout``, or at once with ``kill_first`` (a second Ctrl-C).
 
-        The SIGKILL of every pod's process groups at the end is ours: LocalRuntime.close() cancels
-        the pods still draining at its timeout, and a pod cancelled in its graceful stop leaves its
-        processes running (it only kills those of pods still listed).
+        LocalRuntime.close() kills whatever a drain cut short leaves, so nothing outlives this call.
         """
-        procs = [
-            proc
-            for key in self.runtime.revisions()
-            for pod in self.runtime.pods(key)
-            for proc in (pod.user, pod.queue)
-        ]
         if kill_first:
-            for proc in procs:
-                proc.kill_now()
-        try:
-            await self.runtime.close(timeout=timeout)
-        finally:
-            for proc in procs:
-                proc.kill_now()  # no-op for a group that is gone
+            for key in self.runtime.revisions():
+                for pod in self.runtime.pods(key):
+                    pod.user.kill_now()
+                    pod.queue.kill_now()
+        await self.runtime.close(timeout=timeout)
 
     # -- the ControlPlane ------------------------------------------------------------------------
 

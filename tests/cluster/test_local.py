@@ -287,3 +287,24 @@ async def test_unknown_revision_and_bad_scale(runtime: LocalRuntime) -> None:
         await runtime.scale(revision.key, -1)
     await runtime.remove_revision(revision.key)
     assert runtime.revisions() == []
+
+
+async def test_close_timeout_mid_drain_still_kills_every_process(tmp_path: Path) -> None:
+    """A drain longer than close()'s timeout: the pods' stops are cut short, yet nothing outlives them."""
+    (tmp_path / "slow.py").write_text(SLOW_APP)
+    revision = revision_of(service_yaml("slow", ["python3", "slow.py"]), tmp_path)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    rt = LocalRuntime(FAST)
+    rt.add_revision(revision)
+    await rt.scale(revision.key, 1)
+    await until(lambda: _eq(rt.ready_pods(revision.key), 1), what="ready")
+    [pod] = rt.pods(revision.key)
+    pids = pids_of(rt, revision.key)
+    async with httpx.AsyncClient(timeout=30) as client:
+        request = asyncio.create_task(client.get(f"http://{pod.endpoint.address}/20"))
+        await until(lambda: "got /20" in pod.user.last_lines(), what="a long request reached the app")
+        await rt.close(timeout=1.0)  # the in-flight request would hold the drain for 20 s
+        await until(lambda: not [p for p in pids if alive(p)], timeout=15, what="every process gone")
+        request.cancel()
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and alive(p.pid)]
+    assert not left
