@@ -49,11 +49,12 @@ class _Conn:
                 await self.writer.wait_closed()
         self.reader = self.writer = None
 
-    async def get(self, host: str, path: str) -> tuple[int, bytes]:
+    async def get(self, host: str, path: str, method: str = "GET") -> tuple[int, bytes]:
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
         assert self.reader is not None
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        framing = "" if method == "GET" else "Content-Length: 0\r\n"
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{framing}\r\n".encode())
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -92,7 +93,9 @@ class Load:
         max_requests: int = 100_000,
         request_timeout: float = 20.0,
         think: Callable[[], float] | None = None,
+        method: str = "GET",
     ) -> None:
+        self.method = method  # anything but GET is sent with an empty body (Content-Length: 0)
         self.port, self.host, self.path_fn = port, host, path_fn
         self.active = workers
         self.max_seconds, self.max_requests, self.request_timeout = max_seconds, max_requests, request_timeout
@@ -139,7 +142,7 @@ class Load:
                 body = b""
                 try:
                     async with asyncio.timeout(self.request_timeout):
-                        status, body = await conn.get(self.host, self.path_fn(rid))
+                        status, body = await conn.get(self.host, self.path_fn(rid), self.method)
                 except TimeoutError:
                     status = "timeout"
                     await conn.close()
