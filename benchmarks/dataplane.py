@@ -17,8 +17,10 @@ queue-proxy, app). Each path gets the same two loads, one after the other, alone
 Per path it reports req/s, p50/p95/p99 latency, CPU microseconds per request of the data-plane
 processes (user + system, from /proc; never the app's or the load tool's), idle and peak RSS, the
 latency a path adds at the fixed rate (its p50 minus direct's), and ratios against direct and against
-nginx; then the performance issue's goals, each met or not. Load comes from wrk (saturation) and hey
-(fixed rate) when installed, else from a built-in asyncio client (``--tool builtin`` forces it).
+nginx; then the performance issue's goals, each met or not. The saturation load comes from wrk (or
+hey) when installed, else from a built-in asyncio client (``--tool builtin`` forces it); the fixed rate
+from the built-in open-loop client, evenly spaced like Knative's vegeta-driven probe (``--rate-tool
+hey`` is there, but hey's rate-limited workers fire in step, in bursts).
 With ``--rounds N`` the paths are measured N times, interleaved, and the median of each figure is kept:
 other processes on the machine then distort one round, not the result. The JSON goes to ``--json-out``
 (default ``benchmarks/results/dataplane-<UTC time>.json``, git-ignored). Every load is bounded in time
@@ -102,7 +104,7 @@ def _measure_path(
         if not args.skip_rate:
             with UsageMeter(target.pids) as meter:
                 fr = fixed_rate(
-                    target.port, host=host, rate=args.rate, duration=args.rate_duration, tool=args.tool
+                    target.port, host=host, rate=args.rate, duration=args.rate_duration, tool=args.rate_tool
                 )
             out["fixed_rate"] = _with_usage(fr, meter, bool(target.pids()))
     return out
@@ -244,7 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="requests per second of the fixed-rate load")
     p.add_argument("--rate-duration", type=float, default=5.0, help="seconds of fixed-rate load per path")
     p.add_argument("--rounds", type=int, default=1, help="measure every path this many times (median)")
-    p.add_argument("--tool", choices=["auto", "wrk", "hey", "builtin"], default="auto")
+    tool_names = ["auto", "wrk", "hey", "builtin"]
+    p.add_argument("--tool", choices=tool_names, default="auto", help="saturation load")
+    p.add_argument(
+        "--rate-tool",
+        choices=["builtin", "hey"],
+        default="builtin",
+        help="fixed-rate load (hey's workers fire in step: bursts, see benchmarks/loadgen.py)",
+    )
     p.add_argument("--skip-saturation", action="store_true")
     p.add_argument("--skip-rate", action="store_true")
     p.add_argument("--json-out", help="where to write the JSON (default benchmarks/results/...)")
@@ -310,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             "rate_duration": args.rate_duration,
             "rounds": args.rounds,
             "tool": args.tool,
+            "rate_tool": args.rate_tool,
         },
         "results": results,
         "skipped": skipped,

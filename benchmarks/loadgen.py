@@ -1,9 +1,10 @@
 """Load for the benchmarks: wrk or hey when installed, else a built-in asyncio client; all bounded.
 
 Two shapes, as Knative's dataplane-probe: *saturation* (``connections`` keep-alive connections, each
-sending its next request as soon as the previous answer is in) and *fixed rate* (``rate`` requests per
-second on a schedule, whatever the latency: an open loop, so a slow path shows as latency, not as
-fewer requests). Every run ends after ``duration`` seconds and at most ``max_requests`` requests.
+sending its next request as soon as the previous answer is in; wrk > hey > built-in) and *fixed rate*
+(``rate`` requests per second evenly spaced, whatever the latency: an open loop, so a slow path shows
+as latency, not as fewer requests; built-in by default, see :func:`fixed_rate`).
+Every run ends after ``duration`` seconds and at most ``max_requests`` requests.
 Latency percentiles are in milliseconds; a request that failed or got a status other than 200 counts
 as an error.
 """
@@ -343,12 +344,18 @@ def fixed_rate(
     expected_latency: float = 0.1,
     tool: str = "auto",
 ) -> LoadResult:
-    """``rate`` requests per second on a schedule for ``duration`` s (hey > built-in)."""
-    tools = available_tools()
+    """``rate`` requests per second, evenly spaced, for ``duration`` s.
+
+    The built-in open-loop client sends one request every 1/rate s (as Knative's dataplane-probe does
+    with vegeta), whatever the answers do. hey (``tool="hey"``) is available but not the default: its
+    per-worker rate limit starts every worker's ticker at the same moment, so the load arrives in
+    bursts of as many requests as workers, and the latency it reports is mostly queueing behind the
+    burst (a proxy's CPU cost per request times the burst size), not the steady-state latency.
+    """
     # enough connections for every request in flight at the expected latency, with room to spare
     workers = max(1, min(2000, math.ceil(rate * expected_latency * 2)))
-    if tool in ("auto", "hey") and tools["hey"]:
+    if tool == "hey":
+        if not available_tools()["hey"]:
+            raise RuntimeError("--rate-tool hey: not installed")
         return _hey(port, path, host, workers, rate / workers, duration)
-    if tool not in ("auto", "builtin", "wrk"):
-        raise RuntimeError(f"--tool {tool}: not installed")
     return _run(_builtin_fixed(port, path, host, rate, duration, max(workers, 64)))
