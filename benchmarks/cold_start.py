@@ -72,18 +72,40 @@ def app_startup(procs: Procs, runs: int) -> list[float]:
     return out
 
 
+def qp_startup(procs: Procs, runs: int) -> list[float]:
+    """Seconds from spawning a queue-proxy (in front of nothing) to its serving port accepting."""
+    out = []
+    for _ in range(runs):
+        port = free_port()
+        env = {
+            **QUIET,
+            "QUEUE_BIND_ADDRESS": "127.0.0.1",
+            "QUEUE_SERVING_PORT": str(port),
+            "USER_PORT": str(free_port()),
+            "QUEUE_ADMIN_PORT": str(free_port()),
+            "QUEUE_METRICS_PORT": str(free_port()),
+            "USER_METRICS_PORT": str(free_port()),
+        }
+        t0 = time.perf_counter()
+        p = procs.start([PYTHON, "-m", "queueproxy"], "qp-startup", env)
+        wait_port_fast(port, p)
+        out.append(time.perf_counter() - t0)
+        procs.kill(p)
+    return out
+
+
 def wait_port_fast(port: int, p: Any, timeout: float = 30.0) -> None:
     import socket
 
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         if p.poll() is not None:
-            raise RuntimeError(f"the app exited with {p.returncode}")
+            raise RuntimeError(f"{p.args!r} exited with {p.returncode}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.002)
-    raise RuntimeError(f"the app did not listen on {port} within {timeout:.0f} s")
+    raise RuntimeError(f"nothing listened on {port} within {timeout:.0f} s")
 
 
 def _pods(status: Any) -> list[int]:
@@ -161,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         startup = app_startup(procs, args.app_startup_runs)
         app_ms = statistics.median(startup)
         print(f"app start-up alone: median {app_ms * 1000:.0f} ms over {len(startup)} runs", flush=True)
+        qp = qp_startup(procs, args.app_startup_runs)
+        print(f"queue-proxy start-up alone: median {statistics.median(qp) * 1000:.0f} ms", flush=True)
         (tmp / "config.yaml").write_text(CONFIG)
         names = [f"seq-{i}" for i in range(args.runs)] + [f"burst-{i}" for i in range(args.burst)]
         files = []
@@ -206,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "machine": info,
         "app_startup_ms": {"median": round(app_ms * 1000, 1), "runs": [round(x * 1000, 1) for x in startup]},
+        "queue_proxy_startup_ms": {"median": round(statistics.median(qp) * 1000, 1)},
         "sequential": summarize(seq, app_ms),
         "burst": {**summarize(burst, app_ms), "errors": errors} if args.burst else None,
         "goal": {"data plane share p50 < 50 ms": summarize(seq, app_ms)["share_p50_ms"] < 50},
