@@ -1,7 +1,7 @@
 """Overload far past capacity, with clients that give up after one second (Knative serving#13583).
 
 One pod with containerConcurrency 2 and 100 ms requests (capacity 20 requests a second) behind the
-real gateway process; the attack opens a new connection for each of 200 requests a second, for 8 s.
+real gateway process; the attack opens a new connection for each of 200 requests a second, for 6 s.
 Every request is counted: an answer by status, or ``gave-up`` when the client gave up at 1 s. The
 gateway's memory (RSS) is sampled all along; afterwards the activator's queue must be empty at once
 and the next request served normally.
@@ -26,7 +26,7 @@ from tests.faults.stack import routes, start_pod
 pytestmark = pytest.mark.e2e
 
 RATE = 200  # requests a second offered, 10 x capacity
-SECONDS = 8
+SECONDS = 6
 CLIENT_TIMEOUT = 1.0
 RSS_GROWTH_BOUND = 32 * 1024 * 1024  # bytes above the idle gateway's RSS (measured: see the test output)
 
