@@ -208,3 +208,26 @@ def test_connection_header_cannot_strip_the_activators_own_headers(plane: Stack)
     assert got["host"] == [plane.host("web")] and got.get("k-proxy-request") == ["activator"], got
     conc, proxied = _concurrency_seen(plane, [("Connection", "k-proxy-request")])
     assert proxied == pytest.approx(conc, abs=0.01), (conc, proxied)
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz", "/wait-for-drain", "/v1/status", "/debug/pprof"])
+def test_admin_paths_on_a_serving_port_belong_to_the_app(plane: Stack, path: str) -> None:
+    """The gateway's and the queue-proxy's own admin, metrics and drain endpoints live on their side
+    ports only: on a serving port these paths are the app's, like any other."""
+    for port, host in ((plane.gateway.port, plane.host("web")), (plane.web.port, "h")):
+        marker = f"admin-{port}-{path.strip('/').replace('/', '-')}"
+        reply = hostile.request(port, "GET", f"{path}?case={marker}", host)
+        assert reply.status == 404 and reply.body == b"not found", (port, path, reply)  # the app's 404
+        assert len(_marked(plane, marker)["web-00001"]) == 1, (port, path)
+
+
+def test_side_ports_do_not_proxy_to_the_app(plane: Stack) -> None:
+    for port in (
+        plane.gateway.admin_port,
+        plane.web.admin_port,
+        plane.web.metrics_port,
+        plane.web.user_metrics_port,
+    ):
+        reply = hostile.request(port, "GET", "/headers?case=side-port", plane.host("web"))
+        assert reply.status == 404, (port, reply)
+    assert _marked(plane, "side-port") == {"web-00001": [], "other-00001": []}
