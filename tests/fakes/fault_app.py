@@ -6,9 +6,9 @@ what it says was inside it is what was inside it (no framework task in between).
 
 * ``/sleep?ms=N[&id=X]``   answers ``slept N <revision>`` after N ms. With ``id``, and ``$FAULT_LOG``
                            set, it appends ``S X`` to that file when the request arrives and ``E X``
-                           right after the whole answer was handed to the kernel (O_APPEND writes:
-                           they survive a SIGKILL). ``$FAULT_LOG_DIR`` instead: the file is
-                           ``<dir>/<revision>-<pid>.log``, one per process.
+                           just before it writes the answer, so a request with no ``E`` got no
+                           answer from this process (O_APPEND writes: they survive a SIGKILL).
+                           ``$FAULT_LOG_DIR`` instead: the file is ``<dir>/<revision>-<pid>.log``.
 * ``/rev``                 ``<revision>`` (``$K_REVISION``) at once.
 * ``/headers``             JSON ``{"method", "target", "headers": [[name, value], ...]}`` as received.
 * ``/journal``             JSON list of the last requests received (method, target, headers, ``t``:
@@ -194,9 +194,9 @@ class Conn(asyncio.Protocol):
 
     def _slept(self, ms: int, rid: str | None) -> None:
         self.pending = None
-        self._send(200, f"slept {ms} {self.state.revision}".encode())
         if rid is not None:
-            self.state.note(f"E {rid}")
+            self.state.note(f"E {rid}")  # before the answer: without an E, no answer left this process
+        self._send(200, f"slept {ms} {self.state.revision}".encode())
         if self.busy:
             self.busy = False
             self.state.inflight -= 1

@@ -1,8 +1,10 @@
 """A pod's user process killed mid-load, and a pod scaled away while it holds a long request and a websocket.
 
 Real pods (fault_app behind a real queue-proxy, started by cluster.local) behind the real gateway.
-fault_app writes ``S <id>`` when a request reaches it and ``E <id>`` once its answer is in the kernel,
-so after a SIGKILL the test knows exactly which requests were inside the killed process.
+fault_app writes ``S <id>`` when a request reaches it and ``E <id>`` just before it writes the answer,
+so after a SIGKILL the test knows exactly which requests were inside the killed process with no answer
+(one killed between its ``E`` and its write fails too, and is checked like a request that never
+reached the app: it started before the pod left traffic).
 """
 
 from __future__ import annotations
