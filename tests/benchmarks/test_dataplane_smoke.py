@@ -47,6 +47,10 @@ def test_dataplane_writes_results_for_each_path(tmp_path: Path) -> None:
     assert qp["ratios"]["rps_vs_direct"] > 0 and "added_p50_ms" in qp["fixed_rate"]
     assert set(doc["goals"]) and all("met" in g for g in doc["goals"].values())
     assert "queue-proxy" in r.stdout and "goals" in r.stdout
+    md = _run(["benchmarks.report", str(out)], timeout=30)
+    assert md.returncode == 0, md.stderr
+    rows = [line for line in md.stdout.splitlines() if line.startswith("| queue-proxy |")]
+    assert len(rows) == 1 and rows[0].count("|") == 12
 
 
 def test_dataplane_rejects_an_unknown_path() -> None:
