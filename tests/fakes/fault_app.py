@@ -17,6 +17,7 @@ what it says was inside it is what was inside it (no framework task in between).
 * ``/inflight``            JSON ``{"now": n, "max": m, "connections": c}``: requests and websockets
                            open right now, the most at once, connections accepted so far.
 * ``/pid``                 the process id.
+* ``/upload`` (any method)  reads the whole body, then answers its length (counts as in flight).
 * ``/ws``                  a websocket (RFC 6455, text and binary echo) that counts as in flight.
 
 ``--keepalive-ms N`` closes a connection that stayed idle N ms after an answer (as app servers with a
@@ -93,6 +94,7 @@ class Conn(asyncio.Protocol):
         self.pending: asyncio.TimerHandle | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.busy = False  # a request of this connection is being served (counted in flight)
+        self.upload: int | None = None  # body bytes read so far by /upload
 
     # -- asyncio ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -135,6 +137,18 @@ class Conn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        if self.upload is not None:
+            self.upload += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.upload is not None:
+            size, self.upload = self.upload, None
+            self._send(200, str(size).encode())
+            if self.busy:
+                self.busy = False
+                self.state.inflight -= 1
 
     def on_headers_complete(self) -> None:
         method = self.parser.get_method().decode()
@@ -189,6 +203,10 @@ class Conn(asyncio.Protocol):
             self._send(200, str(os.getpid()).encode())
         elif path == "/ws":
             self._upgrade()
+        elif path == "/upload":
+            self.upload = 0
+            st.enter()
+            self.busy = True
         else:
             self._send(404, b"not found")
 

@@ -103,14 +103,19 @@ def request(port: int, method: str, target: str, host: str, headers: list[tuple[
     return exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
 
-def trickle(port: int, data: bytes, *, interval: float, duration: float) -> tuple[int, Reply | None]:
-    """Send ``data`` one byte every ``interval`` s for at most ``duration`` s (a slow client).
+def trickle(
+    port: int, data: bytes, *, interval: float, duration: float, prefix: bytes = b""
+) -> tuple[int, Reply | None]:
+    """Send ``prefix`` at once, then ``data`` one byte every ``interval`` s for at most ``duration`` s
+    (a slow client; with a request head as ``prefix``, a slow body).
 
     Returns how many bytes went out and the server's answer if it answered or closed meanwhile
     (None: still open when the duration ran out, which the caller may expect)."""
     sent = 0
     with socket.create_connection((HOST, port), timeout=5) as sock:
         started = time.monotonic()
+        if prefix:
+            sock.sendall(prefix)
         sock.setblocking(False)
         while sent < len(data) and time.monotonic() - started < duration:
             try:

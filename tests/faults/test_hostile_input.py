@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from serving.httpserver import Request, Responder, ServerLimits, serve
+from tests.activator.procs import Gateway, Procs, wait_for
 from tests.fakes import hostile
-from tests.faults.stack import Stack, stack
+from tests.faults.stack import Stack, routes, stack, start_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -203,3 +204,39 @@ def _qp_pid(plane: Stack) -> int:
             if any(c.status == psutil.CONN_LISTEN and c.laddr.port == plane.web.port for c in conns):
                 return p.pid
     raise AssertionError("web's queue-proxy process not found")
+
+
+@pytest.mark.parametrize("which", ["gateway", "queue-proxy"])
+def test_a_slow_body_holds_its_slot_no_longer_than_the_revision_timeout(tmp_path: Path, which: str) -> None:
+    """containerConcurrency 1, timeoutSeconds 3: a client that sends its body one byte every 0.5 s gets
+    a 504 after 3 s, and a request waiting behind it is served right after (the bound is the revision's
+    timeout: with Knative's default of 300 s, a slow uploader holds a slot that long)."""
+    procs = Procs(tmp_path)
+    try:
+        pod = start_pod(procs, "web-00001", cc=1, extra={"REVISION_TIMEOUT_SECONDS": "3"})
+        doc = routes([pod], ccs={"web-00001": 1})
+        doc["revisions"][0]["timeoutSeconds"] = 3
+        gw = Gateway(procs, doc)
+        port, host = (gw.port, "web.default.example.com") if which == "gateway" else (pod.port, "h")
+        assert hostile.request(port, "GET", "/rev", host).status == 200
+        head = f"POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\n".encode()
+        slow: list[tuple[int, hostile.Reply | None]] = []
+        t = threading.Thread(
+            target=lambda: slow.append(
+                hostile.trickle(port, b"x" * 100, interval=0.5, duration=20, prefix=head)
+            )
+        )
+        t.start()
+        wait_for(
+            lambda: hostile.request(pod.app_port, "GET", "/inflight", "h").body.startswith(b'{"now": 1'),
+            10,
+            "the slow upload holds the app's one slot",
+        )
+        behind = hostile.request(port, "GET", "/rev", host)  # waits for the slot
+        t.join(30)
+    finally:
+        procs.close()
+    ((sent, reply),) = slow
+    assert reply is not None and reply.status == 504, (sent, reply)
+    assert 2.5 < reply.elapsed < 5.0 and sent < 100, (sent, reply)
+    assert behind.status == 200 and behind.body == b"web-00001", behind
