@@ -226,11 +226,17 @@ def test_a_slow_body_holds_its_slot_no_longer_than_the_revision_timeout(tmp_path
                 hostile.trickle(port, b"x" * 100, interval=0.5, duration=20, prefix=head)
             )
         )
+        t0 = time.monotonic()
         t.start()
+        # The request behind starts a second after the slow one, so its own 3 s run out well after
+        # the slow one's: what it measures is the slot coming free, not its own timeout.
         wait_for(
-            lambda: hostile.request(pod.app_port, "GET", "/inflight", "h").body.startswith(b'{"now": 1'),
+            lambda: (
+                time.monotonic() - t0 >= 1.0
+                and hostile.request(pod.app_port, "GET", "/inflight", "h").body.startswith(b'{"now": 1')
+            ),
             10,
-            "the slow upload holds the app's one slot",
+            "the slow upload has held the app's one slot for a second",
         )
         behind = hostile.request(port, "GET", "/rev", host)  # waits for the slot
         t.join(30)
