@@ -509,6 +509,7 @@ class HttpProtocol(asyncio.Protocol):
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+        self._maybe_next()
 
     async def drain(self) -> None:
         if self._closed:
@@ -686,8 +687,9 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = []
         self._special = []
         self._header_bytes = 0
-        if self._task is not None:
-            # Pipelined: answer in order once the current response is done; stop reading meanwhile.
+        if self._task is not None or self._pipeline or self._paused_writing:
+            # Pipelined (or the client is not reading what we wrote): answer in order once the
+            # current response is done and the client reads again; stop reading meanwhile.
             self._pipeline.append(req)
             self._update_reading()
             return
@@ -741,6 +743,8 @@ class HttpProtocol(asyncio.Protocol):
                 self._task = None
             if not resp._ended:
                 self.close()
+            else:
+                self._maybe_next()
 
     def response_done(self, resp: Responder) -> None:
         req = self._request
@@ -756,11 +760,20 @@ class HttpProtocol(asyncio.Protocol):
         self._request = None
         self._responder = None
         if self._pipeline:
-            nxt = self._pipeline.popleft()
-            self._begin(nxt)
-            self._update_reading()
+            self._maybe_next()
         else:
             self._arm(_KEEPALIVE_DEADLINE, self.limits.keepalive_timeout)
+
+    def _maybe_next(self) -> None:
+        """Start the next pipelined request once the last response is done and the client reads.
+
+        A response written whole (head and body at once, without waiting) can fill the client's
+        socket buffer; the next request then waits for resume_writing, so a client that sends
+        requests without reading the answers holds at most one answer past the high-water mark.
+        """
+        if self._request is None and self._pipeline and not self._paused_writing and not self._closed:
+            self._begin(self._pipeline.popleft())
+            self._update_reading()
 
     def _idle_timeout(self) -> None:
         if self._task is None and not self._url and not self._headers:
