@@ -671,7 +671,7 @@ class HttpProtocol(asyncio.Protocol):
             req.chunked = True
         if req.method == b"CONNECT":
             raise _BadRequest(405, "CONNECT is not supported")
-        if hosts == 0 and req.version == b"1.1":
+        if req.version == b"1.1" and not host:
             raise _BadRequest(400, "missing Host header")
         if hosts > 1:
             raise _BadRequest(400, "duplicate Host header")
@@ -689,7 +689,10 @@ class HttpProtocol(asyncio.Protocol):
         self._header_bytes = 0
         if self._task is not None or self._pipeline or self._paused_writing:
             # Pipelined (or the client is not reading what we wrote): answer in order once the
-            # current response is done and the client reads again; stop reading meanwhile.
+            # current response is done and the client reads again; stop reading meanwhile. Its head
+            # is complete: no header deadline (the wait is ours, as a running handler's would be).
+            if self._task is None:
+                self._deadline_kind = _NO_DEADLINE
             self._pipeline.append(req)
             self._update_reading()
             return

@@ -359,7 +359,7 @@ def _request_head(
             named = connection_tokens(value) if named is None else named | connection_tokens(value)
         elif name == b"host" and host_value is None:
             host_value = value
-    if host_value is None:
+    if host_value is None or (named and b"host" in named):
         host_value = b"%s:%d" % (host.encode(), port)
     parts = [
         req.method,
