@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -246,3 +247,21 @@ def test_a_slow_body_holds_its_slot_no_longer_than_the_revision_timeout(tmp_path
     assert reply is not None and reply.status == 504, (sent, reply)
     assert 2.5 < reply.elapsed < 5.0 and sent < 100, (sent, reply)
     assert behind.status == 200 and behind.body == b"web-00001", behind
+
+
+@pytest.mark.parametrize("which", ["gateway", "queue-proxy"])
+def test_a_thousand_pipelined_requests_are_answered_once_each_in_order(plane: Stack, which: str) -> None:
+    port, host = _target(plane, which)
+    n = 1000
+    data = b"".join(f"GET /headers?pipe={i} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode() for i in range(n))
+    raw = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        while raw.count(b"HTTP/1.1 ") < n:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            raw += chunk
+    assert raw.count(b"HTTP/1.1 200 ") == n, raw[-300:]
+    targets = [int(t) for t in re.findall(rb'"target": "/headers\?pipe=(\d+)"', raw)]
+    assert targets == list(range(n))
