@@ -8,13 +8,15 @@ each answer names the revision that served it, checked against the routes in eff
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.faults.load import Load
+from tests.fakes import hostile
+from tests.faults.load import Load, RawWebsocket
 from tests.faults.plane import LocalPlane
 from tests.util import until
 
@@ -138,3 +140,31 @@ def _in_flight(plane: LocalPlane, revision: str) -> int:
             t = plane.gateway.activator.throttler(key)
             return t.in_flight if t is not None else 0
     return 0
+
+
+async def test_a_websocket_stays_with_its_revision_when_traffic_moves(plane: LocalPlane) -> None:
+    r1 = plane.revision("web", 1)
+    r2 = plane.revision("web", 2)
+    for r in (r1, r2):
+        await plane.scale(r.key, 1)
+    for r in (r1, r2):
+        await plane.wait_pods(r.key, ready=1, total=1)
+        await plane.healthy_in_gateway(r.key, 1)
+    plane.route("web", {r1.name: 100})
+    ws = await RawWebsocket.open(plane.port, plane.host("web"))
+    try:
+        assert await ws.echo("before") == "before"
+        plane.route("web", {r2.name: 100})
+        fresh = Load(
+            plane.port, plane.host("web"), lambda i: f"/sleep?ms=1&id={i}", workers=2, max_requests=20
+        )
+        fresh.start()
+        await fresh.more(20)
+        await fresh.stop()
+        assert {(r.status, _revision_of(r.body)) for r in fresh.results} == {(200, r2.name)}
+        assert await ws.echo("after") == "after"  # still open, still on web-00001's pod
+        (pod1,) = plane.pods(r1.key)
+        body = hostile.request(pod1.ports.user, "GET", "/inflight", "h").body
+        assert json.loads(body)["now"] == 1, body
+    finally:
+        await ws.close()
