@@ -218,7 +218,11 @@ class MultiScaler:
         if not self.collector.record(revision, t, stat):
             return  # not a revision we scale
         rev = self._revs.get(revision)
-        if rev is not None and rev.desired == 0 and stat.average_concurrent_requests != 0:
+        # The cold-start poke. Knative pokes only a revision whose last decision was 0; one that has
+        # had no valid decision yet (-1: a new revision created at zero, never scraped) would wait for
+        # the next 2 s tick, and its first request with it. Demand for a revision with no decision
+        # and no pods is the same cold start, so it is decided at once too.
+        if rev is not None and rev.desired <= 0 and stat.average_concurrent_requests != 0:
             self._poke(revision)
 
     def _poke(self, revision: RevisionKey) -> None:

@@ -126,8 +126,9 @@ def simulate(trace: Trace, scaling: RevisionScaling, pod_start_delay: float = 1.
             else:
                 stat = Stat("trace", row.load, 0.0, row.load, 0.0)
             metrics.record(t, stat)
-            # The cold-start poke: an activator stat for a revision whose last decision was 0.
-            if pods.ready == 0 and desired == 0 and stat.average_concurrent_requests != 0:
+            # The cold-start poke: an activator stat for a revision whose last decision was 0, or that
+            # has had no valid decision yet (see MultiScaler.record: Knative waits for the tick there).
+            if pods.ready == 0 and desired <= 0 and stat.average_concurrent_requests != 0:
                 decide(t, row.load, True)
         if (t - t0) % TICK_INTERVAL == 0:
             decide(t, row.load, False)

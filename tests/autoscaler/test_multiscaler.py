@@ -90,6 +90,20 @@ async def test_scale_up_panic_down_to_zero_and_poke() -> None:
     assert rig.decisions[-1].poke
 
 
+async def test_new_revision_created_at_zero_is_poked_by_its_first_request() -> None:
+    """initial-scale 0: no pod, no scrape, no valid decision yet (-1); the first request must not wait
+    for the next 2 s tick (Knative would: it pokes only a revision whose last decision was 0)."""
+    rig = Rig({"allow-zero-initial-scale": "true", "initial-scale": "0"})
+    rig.ms.upsert(REV, {}, 0, created=True)
+    await rig.ms.tick()
+    await rig.run(3, 0.0)
+    assert rig.replicas in (-1, 0) and rig.decisions[-1].decided == -1  # nothing to decide on yet
+    rig.ms.send([WireStat(REV.namespace, REV.name, Stat("activator-0", 1.0, 0, 1.0, 0, 0, 0))])
+    await rig.ms.settle()  # no tick in between
+    assert rig.replicas == 1
+    assert rig.decisions[-1].poke
+
+
 async def test_stat_for_unknown_revision_is_ignored() -> None:
     rig = Rig()
     rig.ms.send([WireStat("default", "nobody", Stat("activator-0", 5.0))])

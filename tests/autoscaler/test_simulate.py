@@ -77,14 +77,15 @@ def test_cold_start_poke_decides_between_ticks() -> None:
     assert ticks[-1].ready == 1
 
 
-def test_unknown_scale_is_not_poked() -> None:
-    """Knative pokes only a revision whose last decision was 0; one never decided (-1) waits for the tick."""
+def test_unknown_scale_is_poked_too() -> None:
+    """Knative pokes only a revision whose last decision was 0; a new one created at zero and never
+    decided (-1) would wait for the next tick. zeroscale decides it at once: it is the same cold start."""
     cfg = from_mapping({"allow-zero-initial-scale": "true"})
     scaling = resolve(cfg, {"autoscaling.knative.dev/initial-scale": "0"}, 0)
     trace = parse_trace("t,concurrency\n" + "".join(f"{t},{5 if t >= 11 else 0}\n" for t in range(16)))
     ticks = simulate(trace, scaling, pod_start_delay=2.0)
-    assert not any(k.poke for k in ticks)
-    assert [(k.t, k.want) for k in ticks if k.t in (10.0, 12.0)] == [(10.0, -1), (12.0, 1)]
+    assert [(k.t, k.want) for k in ticks if k.poke] == [(11.0, 1)]  # at the first request, not at 12
+    assert [(k.t, k.want) for k in ticks if k.t == 10.0] == [(10.0, -1)]
 
 
 def test_main_prints_one_line_per_tick(capsys: pytest.CaptureFixture[str]) -> None:
