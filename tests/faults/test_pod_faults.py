@@ -156,13 +156,13 @@ async def test_a_post_that_reached_the_app_is_not_sent_again_when_its_queue_prox
     load = Load(plane.port, plane.host("web"), path.format, workers=24, request_timeout=15, method="POST")
     load.start()
     try:
-        await load.more(300)
+        await load.more(150)
         victim = plane.ready(rev.key)[0]
         pid, qp = victim.user.pid, victim.queue.pid
         assert pid is not None and qp is not None
         os.kill(qp, signal.SIGKILL)
         await until(lambda: len(plane.ready(rev.key)) == 3 and victim not in plane.pods(rev.key), timeout=40)
-        await load.more(100)
+        await load.more(50)
     finally:
         await load.stop()
     inside = _inside(plane.tmp / f"{rev.name}-{pid}.log")

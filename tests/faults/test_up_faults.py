@@ -75,7 +75,7 @@ async def test_sigkill_of_an_app_under_zeroscale_up(tmp_path: Path) -> None:
                 return victim.pid not in pids and len(pids) == 2 and await two_ready()
 
             await up.poll(replaced, timeout=40, what="the pod is replaced")
-            await load.more(200)
+            await load.more(100)
         finally:
             await load.stop()
     started: set[int] = set()
