@@ -87,7 +87,8 @@ def main(argv: list[str]) -> int:
                     r = client.post("/v1/apply", params={"source": source}, content=text.encode())
                     body = r.json()
                     if r.status_code != 200:
-                        return _fail(f"{name}: {body.get('error', r.text)}")
+                        # the error names the file already (and the document and field in it)
+                        return _fail(str(body.get("error", r.text)))
                     for change in body["applied"]:
                         print(change.get("message", json.dumps(change)))
                 return 0

@@ -161,7 +161,9 @@ async def test_the_cli_against_a_running_control_api(
     assert plane.applied[0][1] == str(good.resolve())  # `up` gets the absolute path of the file
     assert "hello-00001 created" in capsys.readouterr().out
     assert await asyncio.to_thread(cli, "apply", "-f", str(bad)) == 1
-    assert "spec.template.spec.bogus" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "spec.template.spec.bogus" in err
+    assert err.count(str(bad.resolve())) == 1  # the file is named once, by the error itself
     assert await asyncio.to_thread(cli, "apply", "-f", str(tmp_path / "missing.yaml")) == 1
     assert "cannot read" in capsys.readouterr().err
     assert await asyncio.to_thread(cli, "status", "-o", "json") == 0
