@@ -74,6 +74,8 @@ def cold_md(doc: dict[str, Any]) -> list[str]:
         f"| one after the other | {seq['n']} | {seq['p50_ms']} | {seq['p95_ms']} | {seq['max_ms']} "
         f"| {seq['share_p50_ms']} / {seq['share_p95_ms']} |",
     ]
+    for text, met in (doc.get("goal") or {}).items():
+        lines.insert(1, f"Goal, {text}: {'met' if met else '**not met**'}.")
     if burst:
         lines.append(
             f"| {burst['n'] + burst.get('errors', 0)} at once ({burst.get('errors', 0)} failed) "
@@ -100,6 +102,11 @@ def overload_md(doc: dict[str, Any]) -> list[str]:
         f"| peak {o['peak_rss_mb']}, after {o['rss_after_mb']} "
         f"| {round(o['peak_rss_mb'] - o['rss_before_mb'], 1)} "
         f"| {'yes' if o['queue_empty_at_end'] else '**no**'} |",
+        "",
+        *(
+            f"Goal, {text}: {'met' if met else '**not met**' if met is not None else 'not measured'}."
+            for text, met in (doc.get("goal") or {}).items()
+        ),
     ]
 
 
