@@ -4,6 +4,11 @@ One handler task per request; bodies stream through a bounded buffer with socket
 a client that disconnects cancels its handler, so whatever it waited for (a breaker slot, a pod, an
 upstream response) is given up at once. Malformed input never reaches a handler: it gets a 4xx and
 the connection is closed.
+
+Per request the engine keeps to the minimum it can in Python: the framing fields are set aside while
+the parser reports headers (no rescans), header and keep-alive timeouts are a deadline per connection
+checked by one periodic sweep per server (no loop timer armed and cancelled per request), status
+lines and the Date line are cached, and an answer that is complete when it starts leaves in one write.
 """
 
 from __future__ import annotations
