@@ -110,8 +110,8 @@ def toward_pod(headers: Sequence[tuple[bytes, bytes]], host: bytes) -> list[tupl
 
 
 def _connect_failure(e: UpstreamError) -> bool:
-    # The engine raises "dial tcp ..." when the TCP connect itself failed: nothing reached the pod.
-    return isinstance(e.__cause__, OSError | TimeoutError) and str(e).startswith("dial tcp")
+    # The TCP connect itself failed: nothing of the request reached the pod.
+    return e.connect
 
 
 class Activator:

@@ -76,7 +76,9 @@ class H2Upstream:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(lambda: H2ClientConn(self), self.host, self.port)
         except (OSError, TimeoutError) as e:
-            raise UpstreamError(f"dial tcp {self.host}:{self.port}: {e or type(e).__name__}") from e
+            raise UpstreamError(
+                f"dial tcp {self.host}:{self.port}: {e or type(e).__name__}", connect=True
+            ) from e
         if self._closed:
             conn.close()
             raise UpstreamError(f"upstream pool {self.host}:{self.port} is closed")

@@ -659,7 +659,11 @@ class HttpProtocol(asyncio.Protocol):
                 upgrade = value
         p = self.parser
         raw_version = p.get_http_version()
-        version = _VERSIONS.get(raw_version) or raw_version.encode()
+        version = _VERSIONS.get(raw_version)
+        if version is None:
+            # HTTP/0.9 (a request line with no version) or a major version this server does not speak:
+            # forwarding it as HTTP/1.1 would be a different request than the client sent.
+            raise _BadRequest(400, f"unsupported HTTP version: {raw_version!r}")
         req = Request(self, p.get_method(), self._url, version, Headers(self._headers), host or b"")
         if len(cls) > 1:
             raise _BadRequest(400, "duplicate Content-Length")

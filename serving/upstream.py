@@ -27,9 +27,28 @@ _READ_WINDOW = 262144
 
 
 class UpstreamError(Exception):
-    def __init__(self, message: str, *, started: bool = False) -> None:
+    """The upstream failed. ``started``: the client's response had begun (the caller writes nothing).
+    ``connect``: the TCP connect itself failed, so nothing of the request reached the upstream and it
+    may go elsewhere (a load balancer's retry on another pod is safe whatever the method)."""
+
+    def __init__(self, message: str, *, started: bool = False, connect: bool = False) -> None:
         super().__init__(message)
         self.started = started
+        self.connect = connect
+
+
+# Requests that may be sent again when a pooled connection dies under them (RFC 9110 9.2.2, and the
+# methods Go's Transport replays): a POST that reached the app before its connection died must not
+# run twice. An Idempotency-Key header makes any method replayable, as in Go.
+_REPLAYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+
+
+def _replayable(req: Request) -> bool:
+    if req.has_body:
+        return False
+    if req.method in _REPLAYABLE:
+        return True
+    return b"idempotency-key" in req.headers or b"x-idempotency-key" in req.headers
 
 
 def strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -316,7 +335,9 @@ class Upstream:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(lambda: _Conn(loop), self.host, self.port)
         except (OSError, TimeoutError) as e:
-            raise UpstreamError(f"dial tcp {self.host}:{self.port}: {e or type(e).__name__}") from e
+            raise UpstreamError(
+                f"dial tcp {self.host}:{self.port}: {e or type(e).__name__}", connect=True
+            ) from e
         return conn
 
     async def acquire(self) -> tuple[_Conn, bool]:
@@ -420,8 +441,8 @@ async def forward(
                     pump = conn.loop.create_task(_pump_body(req, conn))
                 await conn.read_head()
             except (ConnectionError, OSError, ValueError) as e:
-                if reused and attempt == 0 and not conn._got_bytes and not (has_body and req._body_started()):
-                    continue  # the pooled connection was dead: the keep-alive race; one fresh try
+                if reused and attempt == 0 and not conn._got_bytes and _replayable(req):
+                    continue  # the pooled connection was dead (the keep-alive race): one fresh try
                 raise UpstreamError(f"upstream {upstream.host}:{upstream.port}: {e}") from e
             status = conn.status
             if status == 101 and req.upgrade is not None:

@@ -67,11 +67,6 @@ def test_malformed_request_is_refused_and_never_forwarded(
     _serves(plane, which)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (serving/httpserver.py): a request line without a version (HTTP/0.9) is "
-    "accepted and forwarded as an HTTP/1.1 request; it should get 400 (or 505)",
-)
 @pytest.mark.parametrize("which", ["gateway", "queue-proxy"])
 def test_http09_request_line_is_refused(plane: Stack, which: str) -> None:
     port, host = _target(plane, which)

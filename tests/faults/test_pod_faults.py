@@ -135,15 +135,6 @@ async def test_sigkill_of_a_user_process_fails_the_requests_inside_it_and_only_t
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request without a body that had reached the app is sent again to another pod when the "
-    "queue-proxy relaying it dies: serving/upstream.forward retries any request on a pooled connection "
-    "that died before a response byte (meant for the keep-alive race), the retry's dial fails, and the "
-    "activator reads that 'dial tcp' error as 'nothing reached the pod' and tries another pod. A POST "
-    "or DELETE runs twice. Fix: forward retries only replayable requests (GET/HEAD/OPTIONS/TRACE with "
-    "no body, as Go's Transport), and an error after a request was written is never a connect failure",
-)
 async def test_a_post_that_reached_the_app_is_not_sent_again_when_its_queue_proxy_dies(
     plane: LocalPlane,
 ) -> None:

@@ -238,6 +238,8 @@ BAD_REQUESTS = [
     pytest.param(b"GET / HTTP/1.1\nHost: x\n\n", 400, id="bare-lf"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n", 400, id="bare-cr"),
     pytest.param(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405, id="connect"),
+    pytest.param(b"GET /\r\nHost: x\r\n\r\n", 400, id="http-0.9"),
+    pytest.param(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 400, id="http-2.0-as-text"),
 ]
 
 
@@ -298,6 +300,61 @@ async def test_dead_pooled_connection_is_retried_once() -> None:
         await server.shutdown(1)
         upstream_srv.close()
         await up.close()
+
+
+async def test_only_replayable_requests_are_sent_again_when_a_pooled_connection_dies() -> None:
+    """A pooled connection that dies after the upstream read the request: a GET may go again on a
+    fresh connection, a POST must not (it may have run); its error is not a connect failure."""
+    seen: list[bytes] = []
+
+    async def second_request_dies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            for n in (1, 2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head.split(b" ", 1)[0])
+                if n == 2:
+                    break  # read, maybe acted on, never answered
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    upstream_srv = await asyncio.start_server(second_request_dies, "127.0.0.1", 0)
+    up = Upstream("127.0.0.1", upstream_srv.sockets[0].getsockname()[1])
+    errors: list[UpstreamError] = []
+
+    async def handler(req: Request, resp: Responder) -> None:
+        try:
+            await forward(req, resp, up, req.headers.items)
+        except UpstreamError as e:
+            errors.append(e)
+            await resp.send(502, str(e))
+
+    server = await serve(handler, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.port}/"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url) as r:  # opens the pooled connection
+                assert r.status == 200
+            async with s.post(url) as r:  # the connection's second request: dies unanswered
+                assert r.status == 502
+            assert seen == [b"GET", b"POST"]  # not sent again
+            assert len(errors) == 1 and not errors[0].connect
+            async with s.get(url) as r:  # a new pooled connection
+                assert r.status == 200
+            async with s.get(url) as r:  # dies on the pooled one, answered on a fresh one
+                assert r.status == 200
+            assert seen == [b"GET", b"POST", b"GET", b"GET", b"GET"]
+    finally:
+        await server.shutdown(1)
+        upstream_srv.close()
+        await up.close()
+
+
+async def test_connect_failure_is_marked() -> None:
+    up = Upstream("127.0.0.1", 1)  # nothing listens on port 1: nothing of a request can reach it
+    with pytest.raises(UpstreamError) as info:
+        await up.acquire()
+    assert info.value.connect and "dial tcp 127.0.0.1:1" in str(info.value)
 
 
 async def test_head_request_has_no_body(env: Env) -> None:
