@@ -19,7 +19,7 @@ import contextlib
 
 from .h2_serverconn import H2Limits, H2ServerProtocol
 from .h2_upgrade import H1, H2, UPGRADE, sniff
-from .httpserver import Handler, HttpProtocol, HttpServer, ServerLimits
+from .httpserver import Handler, HttpProtocol, HttpServer, ServerLimits, listen
 
 __all__ = ["AutoServer", "H2Limits", "H2Server", "H2ServerProtocol", "serve_auto", "serve_h2"]
 
@@ -35,7 +35,7 @@ class H2Server:
         self.active = 0  # streams whose handler runs now
         self.stopping = False
         self.port = 0
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.AbstractServer | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -75,19 +75,10 @@ async def serve_h2(
     reuse_port: bool = False,
 ) -> H2Server:
     """Listen for h2c with prior knowledge only."""
-    loop = asyncio.get_running_loop()
-    srv = H2Server(handler, limits or H2Limits(), loop)
-    server = await loop.create_server(
-        lambda: H2ServerProtocol(srv),
-        host,
-        port,
-        backlog=backlog,
-        reuse_address=True,
-        reuse_port=reuse_port or None,
+    srv = H2Server(handler, limits or H2Limits(), asyncio.get_running_loop())
+    srv._server, srv.port = await listen(
+        lambda: H2ServerProtocol(srv), host, port, backlog=backlog, reuse_port=reuse_port
     )
-    srv._server = server
-    sockets = server.sockets or ()
-    srv.port = int(sockets[0].getsockname()[1]) if sockets else port
     return srv
 
 
@@ -148,7 +139,7 @@ class AutoServer:
         self.loop = loop
         self.port = 0
         self.sniffing: set[_Sniffer] = set()  # connections that have not said which protocol yet
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     @property
     def active(self) -> int:
@@ -183,10 +174,8 @@ async def serve_auto(
         H2Server(handler, h2_limits or H2Limits(), loop),
         loop,
     )
-    server = await loop.create_server(
-        lambda: _Sniffer(auto), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None
+    auto._server, port = await listen(
+        lambda: _Sniffer(auto), host, port, backlog=backlog, reuse_port=reuse_port
     )
-    auto._server = server
-    sockets = server.sockets or ()
-    auto.port = auto.http.port = auto.h2.port = int(sockets[0].getsockname()[1]) if sockets else port
+    auto.port = auto.http.port = auto.h2.port = port
     return auto

@@ -807,7 +807,7 @@ class HttpServer:
         self.active = 0
         self.stopping = False
         self.port = 0
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.AbstractServer | None = None
         self._sweep: asyncio.TimerHandle | None = None
         # Deadlines are checked this often: a header or keep-alive timeout fires at most one tick late.
         self._tick = max(0.01, min(1.0, limits.header_timeout / 10, limits.keepalive_timeout / 10))
@@ -845,6 +845,23 @@ class HttpServer:
             self._sweep = None
 
 
+async def listen(
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    *,
+    backlog: int = 1024,
+    reuse_port: bool = False,
+) -> tuple[asyncio.AbstractServer, int]:
+    """Bind a listener (address reuse on) and say which port it got: port 0 asks for a free one."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        protocol_factory, host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None
+    )
+    sockets = server.sockets or ()
+    return server, int(sockets[0].getsockname()[1]) if sockets else port
+
+
 async def serve(
     handler: Handler,
     host: str,
@@ -854,17 +871,8 @@ async def serve(
     backlog: int = 1024,
     reuse_port: bool = False,
 ) -> HttpServer:
-    loop = asyncio.get_running_loop()
-    srv = HttpServer(handler, limits or ServerLimits(), loop)
-    server = await loop.create_server(
-        lambda: HttpProtocol(srv),
-        host,
-        port,
-        backlog=backlog,
-        reuse_address=True,
-        reuse_port=reuse_port or None,
+    srv = HttpServer(handler, limits or ServerLimits(), asyncio.get_running_loop())
+    srv._server, srv.port = await listen(
+        lambda: HttpProtocol(srv), host, port, backlog=backlog, reuse_port=reuse_port
     )
-    srv._server = server
-    sockets = server.sockets or ()
-    srv.port = int(sockets[0].getsockname()[1]) if sockets else port
     return srv
