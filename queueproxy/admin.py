@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from serving.drain import Drainer
 
-__all__ = ["DrainControl", "admin_app"]
+if TYPE_CHECKING:
+    from serving.httpserver import Request, Responder
+
+    from .sideports import Route
+
+__all__ = ["DrainControl", "admin_routes"]
 
 log = logging.getLogger("queueproxy.drain")
 
@@ -67,11 +71,11 @@ class DrainControl:
             self.drainer.reset()
 
 
-def admin_app(control: DrainControl) -> web.Application:
-    async def wait_for_drain(request: web.Request) -> web.Response:
-        await control.wait_for_drain()
-        return web.Response(text="drained" if control.drainer.complete() else "drain called off")
+def admin_routes(control: DrainControl) -> dict[str, Route]:
+    """The admin port's one path (served by :func:`queueproxy.sideports.serve_side_port`)."""
 
-    app = web.Application()
-    app.router.add_get("/wait-for-drain", wait_for_drain)
-    return app
+    async def wait_for_drain(request: Request, resp: Responder) -> None:
+        await control.wait_for_drain()
+        await resp.send(200, "drained" if control.drainer.complete() else "drain called off")
+
+    return {"/wait-for-drain": wait_for_drain}

@@ -3,8 +3,10 @@
 The serving port runs on the kernel's HTTP engine (asyncio protocols + httptools on uvloop) and takes
 HTTP/1.1, h2c with prior knowledge and the ``Upgrade: h2c`` switch on the same port, as Knative's does;
 toward the user container it speaks HTTP/1.1, or h2c when the revision's port is named ``h2c``
-(QueueProxyConfig.user_protocol). The admin, autoscaler-metrics and user-metrics ports are small
-aiohttp apps.
+(QueueProxyConfig.user_protocol). The admin, autoscaler-metrics and user-metrics ports are tiny
+path routers on the same engine (queueproxy.sideports), not aiohttp: a queue-proxy starts with every
+pod, so its imports are on each cold start's critical path. The h2c upstream pool is imported only
+for an h2c revision.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from serving.breaker import Breaker
@@ -24,18 +26,22 @@ from serving.clock import MonotonicClock
 from serving.drain import Drainer
 from serving.errors import ConfigError
 from serving.h2server import AutoServer, serve_auto
-from serving.h2upstream import H2Upstream
+from serving.httpserver import HttpServer
 from serving.logs import setup_logging
 from serving.stats import RequestStats
 from serving.timeouts import RequestTimeouts
 from serving.upstream import Upstream
 
-from .admin import DrainControl, admin_app
+from .admin import DrainControl, admin_routes
 from .config import QueueProxyConfig
 from .handler import QueueHandler
 from .health import H2cAttempt, Readiness
-from .reporter import StatsReporter, metrics_app
-from .usermetrics import UserMetrics, user_metrics_app
+from .reporter import StatsReporter, metrics_routes
+from .sideports import serve_side_port
+from .usermetrics import UserMetrics, user_metrics_routes
+
+if TYPE_CHECKING:
+    from serving.h2upstream import H2Upstream
 
 __all__ = ["QueueProxy", "run"]
 
@@ -43,6 +49,8 @@ log = logging.getLogger("queueproxy")
 
 # Knative's largest revision timeout: the drain's cap when the revision sets none.
 MAX_REVISION_TIMEOUT = 600.0
+# How long stop() lets a side port's running handlers (a /wait-for-drain just answering) finish.
+SIDE_PORT_SHUTDOWN = 5.0
 
 
 class QueueProxy:
@@ -63,6 +71,8 @@ class QueueProxy:
         self.h2_upstream: H2Upstream | None = None
         self.h2_probes: H2cAttempt | None = None
         if cfg.h2c:
+            from serving.h2upstream import H2Upstream
+
             self.h2_upstream = H2Upstream("127.0.0.1", cfg.user_port, max_streams_per_connection=cc or 100)
             self.h2_probes = H2cAttempt(self.h2_upstream)
         self.readiness = Readiness(cfg.readiness_probes, cfg.user_port, attempt=self.h2_probes)
@@ -96,22 +106,19 @@ class QueueProxy:
             h2_upstream=self.h2_upstream,
         )
         self.server: AutoServer | None = None
-        self._runners: list[web.AppRunner] = []
+        self._side_servers: list[HttpServer] = []
         self._reporter_task: asyncio.Task[None] | None = None
         self._terminated = asyncio.Event()
 
     async def start(self) -> None:
         cfg = self.cfg
         # 4. side ports first, so a scraper or preStop hook never finds them missing once serving
-        for app, port in (
-            (admin_app(self.drain), cfg.admin_port),
-            (metrics_app(self.reporter), cfg.metrics_port),
-            (user_metrics_app(self.user_metrics), cfg.user_metrics_port),
+        for routes, port in (
+            (admin_routes(self.drain), cfg.admin_port),
+            (metrics_routes(self.reporter), cfg.metrics_port),
+            (user_metrics_routes(self.user_metrics), cfg.user_metrics_port),
         ):
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            await web.TCPSite(runner, cfg.bind_address, port, backlog=128).start()
-            self._runners.append(runner)
+            self._side_servers.append(await serve_side_port(routes, cfg.bind_address, port))
         self._reporter_task = asyncio.get_running_loop().create_task(self.reporter.run_forever())
         # 5. the serving port: HTTP/1.1 and h2c
         self.server = await serve_auto(self.handler, cfg.bind_address, cfg.serving_port)
@@ -143,8 +150,8 @@ class QueueProxy:
         #    first), then the upstream pools (h2c connections close once their streams have ended)
         if self.server is not None:
             await self.server.shutdown(timeout=1.0)
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        for side in reversed(self._side_servers):
+            await side.shutdown(timeout=SIDE_PORT_SHUTDOWN)
         if self._reporter_task is not None:
             self._reporter_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

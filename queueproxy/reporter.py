@@ -5,23 +5,41 @@ snapshot: time-weighted average concurrency (all requests and those proxied by t
 requests per second. ``GET :QUEUE_METRICS_PORT/metrics`` answers the latest snapshot as Knative's
 protobuf ``Stat`` when the Accept header asks for ``application/protobuf`` (what Knative's autoscaler
 sends), and otherwise as Prometheus text with Knative's series names.
+
+protobuf (``serving.stat``) is imported only when a ``Stat`` is first asked for (``tick``, ``latest``,
+a protobuf scrape): a scraper that reads Prometheus text never pays its ~25 ms import and its memory,
+and the queue-proxy's start-up (on every cold start's path) never does.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from serving.clock import Clock, MonotonicClock
-from serving.stat import PROTOBUF_CONTENT_TYPE, Stat, encode_stat
 from serving.stats import RequestStats
 
-__all__ = ["StatsReporter", "metrics_app"]
+if TYPE_CHECKING:
+    from serving.httpserver import Request, Responder
+    from serving.stat import Stat
+
+    from .sideports import Route
+
+__all__ = ["StatsReporter", "metrics_routes"]
 
 REPORTING_PERIOD = 1.0
+
+# serving.stat.PROTOBUF_CONTENT_TYPE, spelled here so that negotiating does not import protobuf
+# (tests/queueproxy/test_sideports.py checks the two agree).
+PROTOBUF_CONTENT_TYPE = "application/protobuf"
+_PROTOBUF = PROTOBUF_CONTENT_TYPE.encode()
+_PROMETHEUS = CONTENT_TYPE_LATEST.encode()
+
+# (average concurrency, average proxied concurrency, requests/s, proxied requests/s, uptime)
+_Numbers = tuple[float, float, float, float, float]
 
 
 class StatsReporter:
@@ -43,7 +61,7 @@ class StatsReporter:
         self._started_at = self._clock.now() if started_at is None else started_at
         self._period = period
         self._pod_name = pod_name
-        self.latest = Stat(pod_name=pod_name)
+        self._numbers: _Numbers | None = None  # the last period's, None before the first
         self.registry = registry or CollectorRegistry()
         names = list(labels)
         values = [labels[n] for n in names]
@@ -63,28 +81,46 @@ class StatsReporter:
         self._g_uptime = gauge("process_uptime", "Seconds since the queue-proxy started")
 
     def tick(self, now: float | None = None) -> Stat:
+        self._fold(now)
+        return self.latest
+
+    @property
+    def latest(self) -> Stat:
+        """The last period's Stat (all zeros but the pod name before the first period ends)."""
+        from serving.stat import Stat
+
+        if self._numbers is None:
+            return Stat(pod_name=self._pod_name)
+        conc, pconc, rps, prps, uptime = self._numbers
+        return Stat(
+            pod_name=self._pod_name,
+            average_concurrent_requests=conc,
+            average_proxied_concurrent_requests=pconc,
+            request_count=rps,
+            proxied_request_count=prps,
+            process_uptime=uptime,
+        )
+
+    def _fold(self, now: float | None = None) -> None:
         t = self._clock.now() if now is None else now
         r = self._stats.report(t)
-        stat = Stat(
-            pod_name=self._pod_name,
-            average_concurrent_requests=r.average_concurrency,
-            average_proxied_concurrent_requests=r.average_proxied_concurrency,
-            request_count=r.request_count / self._period,
-            proxied_request_count=r.proxied_request_count / self._period,
-            process_uptime=t - self._started_at,
+        n = self._numbers = (
+            r.average_concurrency,
+            r.average_proxied_concurrency,
+            r.request_count / self._period,
+            r.proxied_request_count / self._period,
+            t - self._started_at,
         )
-        self.latest = stat
-        self._g_conc.set(stat.average_concurrent_requests)
-        self._g_rps.set(stat.request_count)
-        self._g_pconc.set(stat.average_proxied_concurrent_requests)
-        self._g_prps.set(stat.proxied_request_count)
-        self._g_uptime.set(stat.process_uptime)
-        return stat
+        self._g_conc.set(n[0])
+        self._g_pconc.set(n[1])
+        self._g_rps.set(n[2])
+        self._g_prps.set(n[3])
+        self._g_uptime.set(n[4])
 
     async def run(self, ticks: int) -> None:
         for _ in range(ticks):
             await asyncio.sleep(self._period)
-            self.tick()
+            self._fold()
 
     async def run_forever(self) -> None:
         # Ticks are aligned to the start time so periods do not drift with scheduling delays.
@@ -93,9 +129,11 @@ class StatsReporter:
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             next_at += self._period
-            self.tick()
+            self._fold()
 
     def render_protobuf(self) -> bytes:
+        from serving.stat import encode_stat
+
         return encode_stat(self.latest)
 
     def render_prometheus(self) -> bytes:
@@ -106,15 +144,14 @@ def wants_protobuf(accept: str) -> bool:
     return PROTOBUF_CONTENT_TYPE in accept.lower()
 
 
-def metrics_app(reporter: StatsReporter) -> web.Application:
-    async def metrics(request: web.Request) -> web.Response:
-        if wants_protobuf(request.headers.get("Accept", "")):
-            return web.Response(body=reporter.render_protobuf(), content_type=PROTOBUF_CONTENT_TYPE)
-        body = reporter.render_prometheus()
-        resp = web.Response(body=body)
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return resp
+def metrics_routes(reporter: StatsReporter) -> dict[str, Route]:
+    """The autoscaler-metrics port's path (served by :func:`queueproxy.sideports.serve_side_port`)."""
 
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    return app
+    async def metrics(request: Request, resp: Responder) -> None:
+        accept = request.headers.get(b"accept", b"") or b""
+        if wants_protobuf(accept.decode("latin-1")):
+            await resp.send(200, reporter.render_protobuf(), content_type=_PROTOBUF)
+        else:
+            await resp.send(200, reporter.render_prometheus(), content_type=_PROMETHEUS)
+
+    return {"/metrics": metrics}

@@ -17,13 +17,20 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["DURATION_BUCKETS", "UserMetrics", "user_metrics_app"]
+if TYPE_CHECKING:
+    from serving.httpserver import Request, Responder
+
+    from .sideports import Route
+
+__all__ = ["DURATION_BUCKETS", "UserMetrics", "user_metrics_routes"]
+
+_CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
@@ -91,13 +98,10 @@ def _bound(b: float) -> str:
     return "+Inf" if b == float("inf") else repr(b)
 
 
-def user_metrics_app(metrics: UserMetrics) -> web.Application:
-    async def handle(request: web.Request) -> web.Response:
-        resp = web.Response(body=metrics.render())
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return resp
+def user_metrics_routes(metrics: UserMetrics) -> dict[str, Route]:
+    """The user-metrics port's paths (served by :func:`queueproxy.sideports.serve_side_port`)."""
 
-    app = web.Application()
-    app.router.add_get("/metrics", handle)
-    app.router.add_get("/", handle)
-    return app
+    async def handle(request: Request, resp: Responder) -> None:
+        await resp.send(200, metrics.render(), content_type=_CONTENT_TYPE)
+
+    return {"/metrics": handle, "/": handle}
