@@ -31,6 +31,7 @@ from serving.headers import (
     COLD_START,
     K_ORIGINAL_HOST,
     K_PROXY_REQUEST,
+    NOT_SENT,
     SERVING_NAMESPACE,
     SERVING_REVISION,
 )
@@ -109,9 +110,14 @@ def toward_pod(headers: Sequence[tuple[bytes, bytes]], host: bytes) -> list[tupl
     return out
 
 
-def _connect_failure(e: UpstreamError) -> bool:
-    # The TCP connect itself failed: nothing of the request reached the pod.
-    return e.connect
+def _connect_failure(e: UpstreamError, req: Request) -> bool:
+    """Nothing of the request reached an app (the connect failed, here or in the pod's queue-proxy),
+    and none of its body was consumed: it may go to another pod."""
+    return e.connect and not (req.has_body and req._body_started())
+
+
+def _not_sent(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    return status == 502 and any(n == NOT_SENT for n, _ in headers)
 
 
 class Activator:
@@ -233,7 +239,7 @@ class Activator:
             return await forward_h2(req, resp, cast(H2Upstream, up), headers)
         if up is None:
             up = pod.attachment = Upstream(pod.endpoint.host, pod.endpoint.port)
-        return await forward(req, resp, cast(Upstream, up), headers)
+        return await forward(req, resp, cast(Upstream, up), headers, refuse=_not_sent)
 
     # -- the request path ------------------------------------------------------------------------
     async def dispatch(
@@ -291,7 +297,7 @@ class Activator:
             except UpstreamError as e:
                 if e.started or resp.started:
                     return 502  # forward already aborted the client connection
-                if _connect_failure(e) and failures < self._connect_retries:
+                if _connect_failure(e, req) and failures < self._connect_retries:
                     failures += 1
                     log.warning("pod %s of %s refused the connection; trying another", pod.address, rev.key)
                     if rev.backends is not None:

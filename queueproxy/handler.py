@@ -43,6 +43,7 @@ from serving.headers import (
     K_NETWORK_PROBE,
     K_PROXY_REQUEST,
     KUBE_PROBE_UA,
+    NOT_SENT,
 )
 from serving.httpserver import Request, Responder
 from serving.stats import RequestStats
@@ -52,6 +53,8 @@ from serving.upstream import Upstream, UpstreamError, forward
 from .rewrite import upstream_headers
 
 __all__ = ["Forward", "H2Forward", "QueueHandler"]
+
+_NOT_SENT = ((NOT_SENT, b"1"),)
 
 _HEALTH_UAS = (KUBE_PROBE_UA, ACTIVATOR_PROBE_UA, AUTOSCALING_PROBE_UA)
 _TIMEOUT_BODY = b"request timeout"
@@ -194,7 +197,9 @@ class QueueHandler:
         except UpstreamError as e:
             if e.started or resp.started:
                 return 502  # forward has cut the client connection already
-            await resp.send(502, str(e))
+            # A failed connect to the app sent it nothing: say so, so that the activator can try
+            # another pod (this one is still listed while the runtime or kubelet notices the death).
+            await resp.send(502, str(e), headers=_NOT_SENT if e.connect else ())
             return 502
 
     async def _network_probe(self, value: bytes, req: Request, resp: Responder) -> None:

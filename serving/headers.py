@@ -18,6 +18,7 @@ __all__ = [
     "K_NETWORK_PROBE",
     "K_ORIGINAL_HOST",
     "K_PROXY_REQUEST",
+    "NOT_SENT",
     "SERVING_DEFAULT_ROUTE",
     "SERVING_NAMESPACE",
     "SERVING_REVISION",
@@ -43,6 +44,9 @@ X_FORWARDED_FOR = b"x-forwarded-for"
 X_FORWARDED_HOST = b"x-forwarded-host"
 X_FORWARDED_PROTO = b"x-forwarded-proto"
 COLD_START = b"x-zeroscale-cold-start"
+# On a queue-proxy's 502: its connect to the user container failed, so nothing of the request reached
+# the app and the activator may send it to another pod (a pod still listed after its app died).
+NOT_SENT = b"k-zeroscale-not-sent"
 
 KUBE_PROBE_UA = b"kube-probe/"
 ACTIVATOR_PROBE_UA = b"Knative-Activator-Probe"

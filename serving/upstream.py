@@ -14,6 +14,7 @@ import contextlib
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -425,12 +426,24 @@ async def forward(
     headers: list[tuple[bytes, bytes]],
     *,
     target: bytes | None = None,
+    refuse: Callable[[int, list[tuple[bytes, bytes]]], bool] | None = None,
 ) -> int:
-    """Relay req to upstream and the answer back to resp; returns the upstream status."""
+    """Relay req to upstream and the answer back to resp; returns the upstream status.
+
+    ``refuse(status, headers)``, when given and true for the upstream's answer, means the upstream did
+    not take the request: nothing is relayed, and UpstreamError(connect=True) lets the caller send it
+    elsewhere (the activator does, for a queue-proxy that could not reach its app).
+    """
     head = _request_head(req, headers, target, upstream.host, upstream.port)
     has_body = req.has_body
     for attempt in (0, 1):
-        conn, reused = await upstream.acquire()
+        try:
+            conn, reused = await upstream.acquire()
+        except UpstreamError as e:
+            if attempt == 0:
+                raise
+            # The first try may have reached the app before its connection died: not "nothing sent".
+            raise UpstreamError(f"{e} (retrying after a pooled connection died)") from e
         conn.no_body = req.method == b"HEAD"
         pump: asyncio.Task[None] | None = None
         ok = False
@@ -445,6 +458,11 @@ async def forward(
                     continue  # the pooled connection was dead (the keep-alive race): one fresh try
                 raise UpstreamError(f"upstream {upstream.host}:{upstream.port}: {e}") from e
             status = conn.status
+            if refuse is not None and refuse(status, conn.headers):
+                raise UpstreamError(
+                    f"upstream {upstream.host}:{upstream.port} did not take the request ({status})",
+                    connect=True,
+                )
             if status == 101 and req.upgrade is not None:
                 await _tunnel(req, resp, conn)
                 return 101

@@ -163,14 +163,6 @@ async def test_a_post_that_reached_the_app_is_not_sent_again_when_its_queue_prox
     assert twice == [], f"POSTs run in two apps: {twice}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the activator relays the queue-proxy's 502 when the user container refuses the connection "
-    "(nothing was sent to the app), instead of trying another pod. Fix: the queue-proxy marks a 502 "
-    "whose dial to the user container failed (e.g. X-Zeroscale-Not-Sent: 1) and the activator treats it "
-    "like its own connect failure (suspect the pod, retry elsewhere, as activator/handler._throttled "
-    "does for _connect_failure)",
-)
 async def test_requests_for_a_listed_pod_whose_app_is_dead_go_to_another_pod(tmp_path: Path) -> None:
     """Kubernetes' view of a pod lags its processes (until the readiness probe fails): requests sent
     to a pod whose app just died must go elsewhere, as none of them reached the app."""

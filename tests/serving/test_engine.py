@@ -350,6 +350,46 @@ async def test_only_replayable_requests_are_sent_again_when_a_pooled_connection_
         await up.close()
 
 
+async def test_refused_answer_is_not_relayed_and_reads_as_not_sent() -> None:
+    """forward(refuse=...): an answer saying the upstream did not take the request (a queue-proxy that
+    could not reach its app) is not relayed; the caller may send the request elsewhere."""
+
+    async def not_sent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 502 Bad Gateway\r\nk-zeroscale-not-sent: 1\r\ncontent-length: 4\r\n\r\nnope"
+            )
+            await writer.drain()
+        writer.close()
+
+    upstream_srv = await asyncio.start_server(not_sent, "127.0.0.1", 0)
+    up = Upstream("127.0.0.1", upstream_srv.sockets[0].getsockname()[1])
+    caught: list[UpstreamError] = []
+
+    def refuse(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        return status == 502 and (b"k-zeroscale-not-sent", b"1") in headers
+
+    async def handler(req: Request, resp: Responder) -> None:
+        try:
+            await forward(req, resp, up, req.headers.items, refuse=refuse)
+        except UpstreamError as e:
+            caught.append(e)
+            assert not resp.started  # nothing of the refused answer reached the client
+            await resp.send(200, b"sent elsewhere")
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{server.port}/") as r:
+            assert (r.status, await r.text()) == (200, "sent elsewhere")
+        assert len(caught) == 1 and caught[0].connect
+        assert up.idle == 0  # the connection is not reused
+    finally:
+        await server.shutdown(1)
+        upstream_srv.close()
+        await up.close()
+
+
 async def test_connect_failure_is_marked() -> None:
     up = Upstream("127.0.0.1", 1)  # nothing listens on port 1: nothing of a request can reach it
     with pytest.raises(UpstreamError) as info:
