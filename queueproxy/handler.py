@@ -30,11 +30,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from serving.breaker import Breaker
 from serving.errors import QueueFullError
-from serving.h2upstream import H2Upstream, forward_h2
 from serving.headers import (
     ACTIVATOR_PROBE_UA,
     AUTOSCALING_PROBE_UA,
@@ -52,6 +51,9 @@ from serving.upstream import Upstream, UpstreamError, forward
 
 from .rewrite import upstream_headers
 
+if TYPE_CHECKING:
+    from serving.h2upstream import H2Upstream
+
 __all__ = ["Forward", "H2Forward", "QueueHandler"]
 
 _NOT_SENT = ((NOT_SENT, b"1"),)
@@ -61,7 +63,7 @@ _TIMEOUT_BODY = b"request timeout"
 TIMEOUT_HEADER = b"x-zeroscale-timeout"  # total | response-start | idle
 
 Forward = Callable[[Request, Responder, Upstream, list[tuple[bytes, bytes]]], Awaitable[int]]
-H2Forward = Callable[[Request, Responder, H2Upstream, list[tuple[bytes, bytes]]], Awaitable[int]]
+H2Forward = Callable[[Request, Responder, "H2Upstream", list[tuple[bytes, bytes]]], Awaitable[int]]
 
 
 class ReadinessCheck(Protocol):
@@ -107,7 +109,7 @@ class QueueHandler:
         timeouts: RequestTimeouts | None = None,
         forward_fn: Forward = forward,
         h2_upstream: H2Upstream | None = None,
-        h2_forward_fn: H2Forward = forward_h2,
+        h2_forward_fn: H2Forward | None = None,
     ) -> None:
         self._upstream = upstream
         self._h2 = h2_upstream  # set: the user container speaks h2c
@@ -120,6 +122,11 @@ class QueueHandler:
         self._timeouts = timeouts
         self._sweeper = Sweeper(timeouts.interval()) if timeouts.any else None
         self._forward = forward_fn
+        if h2_upstream is not None and h2_forward_fn is None:
+            # Only a revision whose app speaks h2c loads the HTTP/2 client (its import costs start-up).
+            from serving.h2upstream import forward_h2
+
+            h2_forward_fn = forward_h2
         self._h2_forward = h2_forward_fn
 
     async def __call__(self, req: Request, resp: Responder) -> None:
@@ -192,6 +199,7 @@ class QueueHandler:
         try:
             h2 = self._h2
             if h2 is not None and req.upgrade is None:
+                assert self._h2_forward is not None
                 return await self._h2_forward(req, resp, h2, headers)
             return await self._forward(req, resp, self._upstream, headers)
         except UpstreamError as e:

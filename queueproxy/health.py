@@ -19,12 +19,15 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from serving.clock import Clock, MonotonicClock
-from serving.h2upstream import H2Upstream
 from serving.upstream import UpstreamError
 
 from .config import ProbeSpec
+
+if TYPE_CHECKING:
+    from serving.h2upstream import H2Upstream
 
 __all__ = ["Attempt", "H2cAttempt", "Readiness", "http_attempt", "probe_attempt", "tcp_attempt"]
 
@@ -210,6 +213,8 @@ class H2cAttempt:
     def _pool(self, host: str, port: int) -> H2Upstream:
         pool = self._pools.get((host, port))
         if pool is None:
+            from serving.h2upstream import H2Upstream  # only h2c apps are probed over HTTP/2
+
             pool = self._pools[(host, port)] = H2Upstream(host, port, max_streams_per_connection=1)
             self._own.append(pool)
         return pool
