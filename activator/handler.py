@@ -323,8 +323,16 @@ class Activator:
         try:
             await self._forward(rev, pod, req, resp, out)
         except UpstreamError as e:
-            if not e.started and not resp.started:
-                await resp.send(502, f"pod {pod.endpoint.pod_name} of {key}: {e}\n")
+            if e.started or resp.started:
+                return
+            if _connect_failure(e, req):
+                # Nothing reached an app (a pod whose app just died is still listed): the throttled
+                # path suspects nothing twice and tries the other pods.
+                if rev.backends is not None:
+                    rev.backends.suspect(pod.endpoint)
+                await self.dispatch(key, req, resp, headers)
+                return
+            await resp.send(502, f"pod {pod.endpoint.pod_name} of {key}: {e}\n")
 
     async def close(self) -> None:
         for key in list(self._revs):
