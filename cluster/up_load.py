@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections import Counter
 
-__all__ = ["LoadClient", "get_once"]
+__all__ = ["HttpConn", "LoadClient", "get_once"]
 
 HOST = "127.0.0.1"
 _CHUNK = 65536
@@ -21,7 +21,9 @@ _MAX_HEAD = 65536
 _LATENCIES_KEPT = 100_000
 
 
-class _Conn:
+class HttpConn:
+    """One keep-alive HTTP/1.1 client connection on raw streams (no client library normalises anything)."""
+
     def __init__(self, port: int) -> None:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
@@ -34,14 +36,15 @@ class _Conn:
                 await self.writer.wait_closed()
         self.reader = self.writer = None
 
-    async def get(self, host: str, path: str) -> tuple[int, bytes]:
-        """One GET; returns (status, first 4 KiB of the body). Reconnects when needed."""
+    async def get(self, host: str, path: str, method: str = "GET") -> tuple[int, bytes]:
+        """One request (anything but GET with an empty body); returns (status, first 4 KiB of the body).
+        Reconnects when needed."""
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port, limit=_MAX_HEAD)
         assert self.reader is not None
-        self.writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: zeroscale-load\r\n\r\n".encode()
-        )
+        framing = "" if method == "GET" else "Content-Length: 0\r\n"
+        request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: zeroscale-load\r\n{framing}\r\n"
+        self.writer.write(request.encode())
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -87,7 +90,7 @@ class _Conn:
 
 
 async def get_once(port: int, host: str, path: str = "/", timeout: float = 60.0) -> tuple[int, bytes]:
-    conn = _Conn(port)
+    conn = HttpConn(port)
     try:
         async with asyncio.timeout(timeout):
             return await conn.get(host, path)
@@ -133,7 +136,7 @@ class LoadClient:
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
 
     async def _worker(self) -> None:
-        conn = _Conn(self.port)
+        conn = HttpConn(self.port)
         deadline = self.started + self.max_seconds
         try:
             while not self._stop.is_set() and time.monotonic() < deadline and self.sent < self.max_requests:

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster.up_load import HttpConn
 from tests.util import until
 
 __all__ = ["Load", "RawWebsocket", "Result"]
@@ -34,51 +35,6 @@ class Result:
     body: bytes
     start: float
     end: float
-
-
-class _Conn:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(OSError, ConnectionError):
-                await self.writer.wait_closed()
-        self.reader = self.writer = None
-
-    async def get(self, host: str, path: str, method: str = "GET") -> tuple[int, bytes]:
-        if self.writer is None or self.writer.is_closing():
-            self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        assert self.reader is not None
-        framing = "" if method == "GET" else "Content-Length: 0\r\n"
-        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{framing}\r\n".encode())
-        await self.writer.drain()
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        fields = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip().lower()
-        if fields.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    await self.reader.readuntil(b"\r\n")
-                    break
-                body += (await self.reader.readexactly(size + 2))[:-2]
-        elif "content-length" in fields:
-            body = await self.reader.readexactly(int(fields["content-length"]))
-        else:
-            body = await self.reader.read(65536)
-            await self.close()
-        if fields.get("connection") == "close":
-            await self.close()
-        return status, body[:4096]
 
 
 class Load:
@@ -126,7 +82,7 @@ class Load:
                 self._tasks[i] = asyncio.get_running_loop().create_task(self._worker(i))
 
     async def _worker(self, index: int) -> None:
-        conn = _Conn(self.port)
+        conn = HttpConn(self.port)
         try:
             while (
                 index < self.active
