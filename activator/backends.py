@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from serving.headers import ACTIVATOR_PROBE_UA
+from serving.probe import probe_queue
 from serving.types import Endpoint, RevisionKey
 
 __all__ = [
@@ -32,7 +33,6 @@ log = logging.getLogger("zeroscale.activator.backends")
 
 PROBE_TIMEOUT = 0.3  # Knative's PROBE_TIMEOUT, per round
 PROBE_FREQUENCY = 0.2  # Knative's PROBE_FREQUENCY, between rounds while some pod is unhealthy
-_MAX_PROBE_RESPONSE = 4096
 
 
 class EndpointSource(Protocol):
@@ -92,44 +92,9 @@ class HttpProber:
         self.timeout = timeout
 
     async def probe(self, endpoint: Endpoint) -> bool:
-        request = (
-            b"GET /healthz HTTP/1.1\r\nHost: %s\r\nK-Network-Probe: queue\r\nUser-Agent: %s\r\n"
-            b"Connection: close\r\n\r\n" % (endpoint.address.encode(), ACTIVATOR_PROBE_UA)
+        return await probe_queue(
+            endpoint.host, endpoint.port, self.timeout, path=b"/healthz", user_agent=ACTIVATOR_PROBE_UA
         )
-        writer: asyncio.StreamWriter | None = None
-        try:
-            async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-                writer.write(request)
-                await writer.drain()
-                data = await reader.read(_MAX_PROBE_RESPONSE)
-                while len(data) < _MAX_PROBE_RESPONSE:
-                    more = await reader.read(_MAX_PROBE_RESPONSE - len(data))
-                    if not more:
-                        break
-                    data += more
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            if writer is not None:
-                writer.close()
-        return _healthy(data)
-
-
-def _healthy(raw: bytes) -> bool:
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    status_line = head.split(b"\r\n", 1)[0].split()
-    if len(status_line) < 2 or status_line[1] != b"200":
-        return False
-    if b"transfer-encoding: chunked" in head.lower():
-        size, _, rest = body.partition(b"\r\n")
-        try:
-            body = rest[: int(size, 16)]
-        except ValueError:
-            return False
-    return body.strip() == b"queue"
 
 
 class RevisionBackends:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving.probe import probe_queue
 from serving.spec import Revision, encode_readiness_probe
 from serving.types import Endpoint, RevisionKey
 
@@ -31,7 +32,6 @@ __all__ = [
     "PodPorts",
     "PodSettings",
     "PodState",
-    "probe_queue",
     "queue_env",
     "user_env",
 ]
@@ -148,35 +148,6 @@ def queue_env(
         QUEUE_USER_PROTOCOL=t.container.protocol,
     )
     return env
-
-
-async def probe_queue(port: int, timeout: float) -> bool:
-    """Knative's readiness check of a queue-proxy: ``K-Network-Probe: queue`` answered by 200 ``queue``."""
-    request = (
-        f"GET / HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\nK-Network-Probe: queue\r\n"
-        "User-Agent: zeroscale-local\r\nConnection: close\r\n\r\n"
-    ).encode()
-    writer = None
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(LOCALHOST, port)
-            writer.write(request)
-            await writer.drain()
-            data = await reader.read(4096)
-            while len(data) < 4096:
-                more = await reader.read(4096 - len(data))
-                if not more:
-                    break
-                data += more
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")) and b"queue" in body
 
 
 class LocalPod:
@@ -303,7 +274,9 @@ class LocalPod:
 
     async def _check(self, timeout: float) -> bool | None:
         """One readiness check, cut short (None) by a process exit or terminate()."""
-        probe = asyncio.create_task(probe_queue(self.ports.serving, timeout))
+        probe = asyncio.create_task(
+            probe_queue(LOCALHOST, self.ports.serving, timeout, path=b"/", user_agent=b"zeroscale-local")
+        )
         woken = asyncio.create_task(self._wake.wait())
         try:
             await asyncio.wait({probe, woken}, return_when=asyncio.FIRST_COMPLETED)

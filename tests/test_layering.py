@@ -20,6 +20,7 @@ PURE = [
     "serving.envconfig",
     "serving.headers",
     "serving.timeouts",
+    "serving.probe",
     "serving.spec",
     "serving.spec_model",
     "serving.spec_parse",
