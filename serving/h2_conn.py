@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from typing import Any, cast
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -16,6 +15,7 @@ import h2.exceptions
 import h2.settings
 
 from .h2_guard import INTERNAL_ERROR, FrameScanner, GoAway, GuardError, TokenBucket, goaway_frame
+from .httpserver import adopt, peer_of
 
 __all__ = ["H2Base", "StreamGone"]
 
@@ -99,13 +99,8 @@ class H2Base(asyncio.Protocol):
 
     # -- transport -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        self.transport = adopt(transport)
+        self.peer = peer_of(transport)
 
     def start_h2(self, upgrade_settings: bytes | None = None, *, upgrade: bool = False) -> None:
         """Send our preface/SETTINGS and open the connection window to its configured size."""

@@ -80,6 +80,21 @@ class Headers:
         return f"Headers({self.items!r})"
 
 
+def adopt(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """A new connection's transport, with Nagle off (small answers must not wait for an ACK)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # uvloop's transports implement asyncio.Transport without subclassing it.
+    return cast(asyncio.Transport, transport)
+
+
+def peer_of(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
+    peer = transport.get_extra_info("peername")
+    return (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+
+
 class _BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -473,14 +488,8 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- connection ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        self.transport = adopt(transport)
+        self.peer = peer_of(transport)
         self.server.connections.add(self)
         self._arm(_HEADER_DEADLINE, self.limits.header_timeout)
 

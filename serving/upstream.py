@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import cast
 
 import httptools
 
 from .headers import HOP_BY_HOP, connection_tokens
-from .httpserver import Request, Responder
+from .httpserver import Request, Responder, adopt
 
 __all__ = ["Upstream", "UpstreamError", "forward", "strip_hop_by_hop"]
 
@@ -123,12 +121,7 @@ class _Conn(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = adopt(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
