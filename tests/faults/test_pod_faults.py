@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -175,8 +176,20 @@ async def test_requests_for_a_listed_pod_whose_app_is_dead_go_to_another_pod(tmp
         wait_for(lambda: s.gateway.metric(healthy, 'revision="web-00001"') == 2, 20, "both pods healthy")
         pid = int(hostile.request(s.web.app_port, "GET", "/pid", "h").body)
         os.kill(pid, signal.SIGKILL)
+        # The app has died once its port refuses connections (its other sockets, the queue-proxy's
+        # pooled ones among them, close at the same moment). A request racing the death itself may
+        # have reached the app and keeps its 502: that is test_sigkill_..., not this test.
+        wait_for(lambda: _refused(s.web.app_port), 10, "the app's port refuses connections")
         replies = [hostile.request(s.gateway.port, "GET", "/rev", s.host("web")) for _ in range(20)]
         assert [r.status for r in replies] == [200] * 20, [(r.status, r.body[:60]) for r in replies]
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def _app_get(port: int, path: str) -> object:
