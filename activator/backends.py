@@ -3,8 +3,10 @@
 Pods come from an :class:`EndpointSource` (the local runtime and Kubernetes implement it). A new pod
 gets traffic only once its queue-proxy answers ``GET /healthz`` with ``K-Network-Probe: queue`` by
 ``200`` and the body ``queue`` (Knative's activator probe, 300 ms per round, again every 200 ms while
-any known pod is still unhealthy). A pod that disappears or turns terminating leaves the healthy set at
-once: it gets no new requests, while those it already has finish (the throttler keeps them).
+any known pod is still unhealthy). A new endpoint list starts the next round at once instead of at the
+end of that pause: a pod the runtime has just seen ready must not wait up to 200 ms on a cold start.
+A pod that disappears or turns terminating leaves the healthy set at once: it gets no new requests,
+while those it already has finish (the throttler keeps them).
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class RevisionBackends:
         self._known: dict[str, Endpoint] = {}
         self._healthy: dict[str, Endpoint] = {}
         self._task: asyncio.Task[None] | None = None
+        self._kick: asyncio.Event | None = None  # set: probe again without finishing the pause
         self._closed = False
 
     @property
@@ -151,11 +154,18 @@ class RevisionBackends:
         self._on_healthy(sorted(self._healthy.values(), key=lambda e: e.address))
 
     def _ensure_probing(self) -> None:
-        if any(a not in self._healthy for a in self._known) and (self._task is None or self._task.done()):
-            self._task = asyncio.get_running_loop().create_task(self._probe_loop())
+        if not any(a not in self._healthy for a in self._known):
+            return
+        if self._task is None or self._task.done():
+            self._kick = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._probe_loop(self._kick))
+        else:
+            assert self._kick is not None
+            self._kick.set()
 
-    async def _probe_loop(self) -> None:
+    async def _probe_loop(self, kick: asyncio.Event) -> None:
         while not self._closed:
+            kick.clear()
             pending = [ep for a, ep in self._known.items() if a not in self._healthy]
             if not pending:
                 return
@@ -174,7 +184,9 @@ class RevisionBackends:
                 self._publish()
             if all(a in self._healthy for a in self._known):
                 return
-            await asyncio.sleep(self._frequency)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._frequency):
+                    await kick.wait()
 
     async def close(self) -> None:
         self._closed = True
