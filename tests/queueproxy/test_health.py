@@ -6,7 +6,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from queueproxy.config import ProbeSpec
-from queueproxy.health import AGGRESSIVE_INTERVAL, Readiness, http_attempt, tcp_attempt
+from queueproxy.health import (
+    AGGRESSIVE_FIRST_INTERVAL,
+    AGGRESSIVE_FIRST_PERIOD,
+    AGGRESSIVE_INTERVAL,
+    Readiness,
+    http_attempt,
+    tcp_attempt,
+)
 from serving.clock import FakeClock
 from tests.conftest import free_port
 
@@ -33,6 +40,17 @@ def fake_time() -> tuple[FakeClock, object]:
     return clock, sleep
 
 
+async def test_aggressive_attempts_are_10ms_apart_for_a_second_then_knatives_50ms() -> None:
+    clock, sleep = fake_time()
+    fast = round(AGGRESSIVE_FIRST_PERIOD / AGGRESSIVE_FIRST_INTERVAL)
+    script = Script([False] * (fast + 3) + [True])
+    r = Readiness([ProbeSpec("tcp")], 8080, attempt=script, clock=clock, sleep=sleep)  # type: ignore[arg-type]
+    assert await r.check()
+    assert len(script.calls) == fast + 4
+    # fast attempts cover the first second; the three after it are 50 ms apart
+    assert clock.now() == pytest.approx(AGGRESSIVE_FIRST_PERIOD + 3 * AGGRESSIVE_INTERVAL, abs=0.011)
+
+
 async def test_aggressive_until_first_ready_then_single_attempts() -> None:
     clock, sleep = fake_time()
     script = Script([False, False, False, True])
@@ -40,7 +58,7 @@ async def test_aggressive_until_first_ready_then_single_attempts() -> None:
     assert await r.check()
     assert len(script.calls) == 4
     assert all(t == 0.1 for _, t in script.calls) and script.calls[0][0] == 8080
-    assert clock.now() == pytest.approx(3 * AGGRESSIVE_INTERVAL)
+    assert clock.now() == pytest.approx(3 * AGGRESSIVE_FIRST_INTERVAL)
     # Ready once: the next checks are one attempt each, so a crash shows at once and a restart recovers.
     script.answers = [False]
     script.calls.clear()
@@ -55,7 +73,7 @@ async def test_aggressive_gives_up_after_ten_seconds() -> None:
     script = Script([False])
     r = Readiness([ProbeSpec("tcp")], 8080, attempt=script, clock=clock, sleep=sleep)  # type: ignore[arg-type]
     assert not await r.check()
-    assert 195 <= len(script.calls) <= 202  # 10 s / 50 ms
+    assert 275 <= len(script.calls) <= 283  # 1 s / 10 ms + 9 s / 50 ms
     assert not r.ever_ready
 
 
