@@ -20,6 +20,7 @@ import collections
 import contextlib
 import functools
 import logging
+import os
 import random
 import string
 from collections.abc import Callable, Sequence
@@ -27,8 +28,9 @@ from collections.abc import Callable, Sequence
 from serving.spec import Revision
 from serving.types import Endpoint, RevisionKey
 
-from .local_pod import LocalPod, PodFailure, PodPorts, PodSettings, PodState
+from .local_pod import PROJECT_ROOT, LocalPod, PodFailure, PodPorts, PodSettings, PodState, queue_base_env
 from .local_process import PortAllocator
+from .local_standby import StandbyPool
 
 __all__ = ["LocalPod", "LocalRuntime", "PodFailure", "PodSettings", "PodState", "UnknownRevisionError"]
 
@@ -89,6 +91,29 @@ class LocalRuntime:
         self._revisions: dict[RevisionKey, _RevisionPods] = {}
         self._retry: dict[RevisionKey, asyncio.TimerHandle] = {}
         self._closed = False
+        self._standby: StandbyPool | None = None
+
+    @property
+    def standby(self) -> StandbyPool | None:
+        """The pool of queue-proxies started ahead of their pods, once the first revision is added."""
+        return self._standby
+
+    def _ensure_standby(self) -> None:
+        n = self.settings.standby_queue_proxies
+        if self._standby is None and n > 0 and not self._closed:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return  # added outside a loop: the pool starts with the first pod instead
+            self._standby = StandbyPool(
+                n,
+                python=self.settings.python,
+                env=queue_base_env(os.environ),
+                cwd=PROJECT_ROOT,
+                ring=self.settings.output_lines,
+                on_line=self._on_line,
+            )
+            self._standby.fill()
 
     # -- revisions ------------------------------------------------------------------------------
 
@@ -97,6 +122,7 @@ class LocalRuntime:
         if self._closed:
             raise RuntimeError("the local runtime is closed")
         self._revisions.setdefault(revision.key, _RevisionPods(revision))
+        self._ensure_standby()
 
     def revisions(self) -> list[RevisionKey]:
         return list(self._revisions)
@@ -207,7 +233,10 @@ class LocalRuntime:
         suffix = "".join(self._rng.choices(string.ascii_lowercase + string.digits, k=5))
         name = f"{rp.revision.name}-deployment-{suffix}"
         ports = PodPorts(*self._ports.take_many(5))
-        pod = LocalPod(name, rp.revision, ports, self.settings, self._pod_changed, self._on_line)
+        self._ensure_standby()
+        pod = LocalPod(
+            name, rp.revision, ports, self.settings, self._pod_changed, self._on_line, standby=self._standby
+        )
         rp.pods[name] = pod
         task = asyncio.create_task(pod.run(), name=f"pod {name}")
         rp.tasks[name] = task
@@ -258,6 +287,8 @@ class LocalRuntime:
                 pod.terminate()
         tasks = [t for rp in self._revisions.values() for t in rp.tasks.values()]
         try:
+            if self._standby is not None:
+                await self._standby.close()
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=timeout)
                 for t in pending:
@@ -266,6 +297,8 @@ class LocalRuntime:
                     await asyncio.wait(pending, timeout=2 * self.settings.kill_grace + 5)
         finally:
             # Last resort, also when close() itself is cancelled: SIGKILL every group still around.
+            if self._standby is not None:
+                self._standby.kill_now()
             for rp in self._revisions.values():
                 for pod in rp.pods.values():
                     pod.user.kill_now()

@@ -25,6 +25,7 @@ from serving.spec import Revision, encode_readiness_probe
 from serving.types import Endpoint, RevisionKey
 
 from .local_process import ChildProcess
+from .local_standby import StandbyPool
 
 __all__ = [
     "LocalPod",
@@ -32,6 +33,7 @@ __all__ = [
     "PodPorts",
     "PodSettings",
     "PodState",
+    "queue_base_env",
     "queue_env",
     "user_env",
 ]
@@ -55,13 +57,15 @@ class PodPorts:
 class PodSettings:
     python: str = sys.executable
     ready_timeout: float = 60.0  # not ready by then: reported with its last output and replaced
-    poll_interval: float = 0.05  # readiness polling until first ready
+    poll_interval: float = 0.05  # readiness polling until first ready: at most this far apart,
+    first_poll_interval: float = 0.005  # starting this close (a standby queue-proxy listens in ~5 ms)
     watch_interval: float = 0.5  # readiness polling once ready
     watch_failures: int = 3  # consecutive failed checks before a ready pod counts as unready
     drain_quiet_period: float = 1.0  # QUEUE_DRAIN_QUIET_PERIOD_SECONDS: endpoints update at once here
     termination_grace: float | None = None  # None: the revision's timeoutSeconds, as Knative's pods
     kill_grace: float = 3.0  # SIGTERM -> SIGKILL for a pod that failed or is stopped in a hurry
     output_lines: int = 200
+    standby_queue_proxies: int = 1  # queue-proxies kept started ahead of their pods (local_standby)
 
 
 class PodState(enum.Enum):
@@ -117,14 +121,20 @@ def user_env(
     return env
 
 
+def queue_base_env(base: Mapping[str, str]) -> dict[str, str]:
+    """What every queue-proxy's environment starts from: ``base`` with this project on PYTHONPATH."""
+    env = dict(base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, base.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def queue_env(
     revision: Revision, pod: str, ports: PodPorts, drain_quiet_period: float, base: Mapping[str, str]
 ) -> dict[str, str]:
     """The queue-proxy's environment: Knative's contract, on this pod's loopback ports, plus the app's
     protocol (``QUEUE_USER_PROTOCOL``: ``h2c`` when the container port is named h2c, else ``http1``)."""
     t = revision.template
-    env = dict(base)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, base.get("PYTHONPATH", "")) if p)
+    env = queue_base_env(base)
     env.update(
         QUEUE_SERVING_PORT=str(ports.serving),
         USER_PORT=str(ports.user),
@@ -162,8 +172,10 @@ class LocalPod:
         on_change: Callable[[LocalPod], None],
         on_line: Callable[[str, str], None] | None = None,
         base_env: Mapping[str, str] | None = None,
+        standby: StandbyPool | None = None,
     ) -> None:
         self.name = name
+        self._standby = standby
         self.revision = revision
         self.ports = ports
         self.settings = settings
@@ -248,12 +260,12 @@ class LocalPod:
         watchers: list[asyncio.Task[None]] = []
         graceful = False
         try:
-            for proc in (self.user, self.queue):
-                if not await proc.start():
-                    self._fail(proc.start_error or "cannot start")
-                    return self.failure
-                watchers.append(asyncio.create_task(self._wake_on_exit(proc)))
-            if await self._become_ready():
+            if not await self._start_processes(watchers):
+                return self.failure
+            ready = await self._become_ready()
+            if self._standby is not None:
+                self._standby.fill()  # now, not while the app was starting: both want the CPU
+            if ready:
                 await self._watch()
             graceful = self._terminating and self.failure is None
             return self.failure
@@ -267,6 +279,24 @@ class LocalPod:
                 self._set(PodState.TERMINATING)
             await self._stop(graceful)
             self._set(PodState.GONE)
+
+    async def _start_processes(self, watchers: list[asyncio.Task[None]]) -> bool:
+        """The user process first (its start is the longer), then the queue-proxy: a standby one
+        when the pool has one ready, else a new process."""
+        if not await self.user.start():
+            self._fail(self.user.start_error or "cannot start")
+            return False
+        watchers.append(asyncio.create_task(self._wake_on_exit(self.user)))
+        taken = None
+        if self._standby is not None:
+            taken = await self._standby.take(self.queue.name, self.queue.env)
+        if taken is not None:
+            self.queue = taken
+        elif not await self.queue.start():
+            self._fail(self.queue.start_error or "cannot start")
+            return False
+        watchers.append(asyncio.create_task(self._wake_on_exit(self.queue)))
+        return True
 
     async def _wake_on_exit(self, proc: ChildProcess) -> None:
         await proc.wait()
@@ -297,6 +327,7 @@ class LocalPod:
 
     async def _become_ready(self) -> bool:
         deadline = self.created_at + self.settings.ready_timeout
+        pause = self.settings.first_poll_interval
         while True:
             remaining = deadline - time.monotonic()
             # The queue-proxy may hold a check up to 10 s while it probes a starting user process.
@@ -318,7 +349,8 @@ class LocalPod:
             if time.monotonic() >= deadline:
                 self._fail(f"not ready after {self.settings.ready_timeout:g} s")
                 return False
-            await self._pause(self.settings.poll_interval)
+            await self._pause(pause)
+            pause = min(pause * 1.5, self.settings.poll_interval)
 
     async def _watch(self) -> None:
         failures = 0

@@ -36,8 +36,10 @@ class ChildProcess:
         cwd: str,
         ring: int = 200,
         on_line: Callable[[str, str], None] | None = None,
+        stdin_pipe: bool = False,
     ) -> None:
         self.name = name
+        self._stdin_pipe = stdin_pipe
         self.argv = tuple(argv)
         self.env = dict(env)
         self.cwd = cwd
@@ -68,7 +70,7 @@ class ChildProcess:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE if self._stdin_pipe else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self.cwd,
@@ -83,6 +85,22 @@ class ChildProcess:
             return False
         self._reader = asyncio.create_task(self._read(), name=f"output of {self.name}")
         self._reaper = asyncio.create_task(self._reap(), name=f"exit of {self.name}")
+        return True
+
+    async def feed(self, data: bytes, timeout: float = 5.0) -> bool:
+        """Write ``data`` to the process's standard input and close it (``stdin_pipe`` only); False when
+        the process is gone or does not take it within ``timeout`` seconds."""
+        proc = self._proc
+        if proc is None or proc.stdin is None or self.returncode is not None:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            proc.stdin.close()
         return True
 
     async def _reap(self) -> None:
