@@ -50,6 +50,9 @@ MB = 1024 * 1024
 GOALS_TEXT = {
     "queue-proxy req/s >= 0.5 x nginx": "qp_rps_vs_nginx",
     "queue-proxy CPU <= 30 us/request": "qp_cpu_us",
+    # The issue's own table has nginx at 11 us on its machine: 30 us is 2.7 x that. The same goal as a
+    # ratio to nginx in this run, which does not depend on how fast this machine's syscalls are.
+    "queue-proxy CPU <= 2.7 x nginx's (30 us / the issue's 11 us)": "qp_cpu_vs_nginx",
     "queue-proxy added p50 at the fixed rate <= 2 x nginx's": "qp_added_p50_vs_nginx",
     "queue-proxy idle RSS < 40 MB": "qp_idle_rss_mb",
     "gateway+activator req/s >= 0.35 x nginx": "gw_rps_vs_nginx",
@@ -182,6 +185,7 @@ def goals(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     figures = {
         "qp_rps_vs_nginx": (get(qp, "ratios", "rps_vs_nginx"), lambda v: v >= 0.5),
         "qp_cpu_us": (get(qp, "saturation", "cpu_us_per_request"), lambda v: v <= 30),
+        "qp_cpu_vs_nginx": (get(qp, "ratios", "cpu_vs_nginx"), lambda v: v <= 30 / 11),
         "qp_added_p50_vs_nginx": (get(qp, "ratios", "added_p50_vs_nginx"), lambda v: v <= 2),
         "qp_idle_rss_mb": (get(qp, "idle_rss_mb"), lambda v: v < 40),
         "gw_rps_vs_nginx": (get(gw, "ratios", "rps_vs_nginx"), lambda v: v >= 0.35),
