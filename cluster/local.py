@@ -287,14 +287,15 @@ class LocalRuntime:
                 pod.terminate()
         tasks = [t for rp in self._revisions.values() for t in rp.tasks.values()]
         try:
-            if self._standby is not None:
-                await self._standby.close()
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=timeout)
                 for t in pending:
                     t.cancel()  # the pod's task then kills its processes
                 if pending:
                     await asyncio.wait(pending, timeout=2 * self.settings.kill_grace + 5)
+            if self._standby is not None:
+                # After the pods: the zygote reports the exit codes of the queue-proxies it forked.
+                await self._standby.close()
         finally:
             # Last resort, also when close() itself is cancelled: SIGKILL every group still around.
             if self._standby is not None:

@@ -24,7 +24,7 @@ from serving.probe import probe_queue
 from serving.spec import Revision, encode_readiness_probe
 from serving.types import Endpoint, RevisionKey
 
-from .local_process import ChildProcess
+from .local_process import ChildProcess, ProcessHandle
 from .local_standby import StandbyPool
 
 __all__ = [
@@ -65,7 +65,7 @@ class PodSettings:
     termination_grace: float | None = None  # None: the revision's timeoutSeconds, as Knative's pods
     kill_grace: float = 3.0  # SIGTERM -> SIGKILL for a pod that failed or is stopped in a hurry
     output_lines: int = 200
-    standby_queue_proxies: int = 1  # queue-proxies kept started ahead of their pods (local_standby)
+    standby_queue_proxies: int = 1  # >0: queue-proxies forked from a pre-imported zygote (local_standby)
 
 
 class PodState(enum.Enum):
@@ -198,7 +198,7 @@ class LocalPod:
             ring=ring,
             on_line=on_line,
         )
-        self.queue = ChildProcess(
+        self._own_queue = ChildProcess(  # started when the standby pool has no queue-proxy to give
             f"{name}/queue-proxy",
             [settings.python, "-m", "queueproxy"],
             env=queue_env(revision, name, ports, settings.drain_quiet_period, env),
@@ -206,6 +206,7 @@ class LocalPod:
             ring=ring,
             on_line=on_line,
         )
+        self.queue: ProcessHandle = self._own_queue
 
     @property
     def endpoint(self) -> Endpoint:
@@ -281,24 +282,24 @@ class LocalPod:
             self._set(PodState.GONE)
 
     async def _start_processes(self, watchers: list[asyncio.Task[None]]) -> bool:
-        """The user process first (its start is the longer), then the queue-proxy: a standby one
-        when the pool has one ready, else a new process."""
+        """The user process first (its start is the longer), then the queue-proxy: one forked by the
+        standby pool's zygote when it can, else a new process."""
         if not await self.user.start():
             self._fail(self.user.start_error or "cannot start")
             return False
         watchers.append(asyncio.create_task(self._wake_on_exit(self.user)))
         taken = None
         if self._standby is not None:
-            taken = await self._standby.take(self.queue.name, self.queue.env)
+            taken = await self._standby.take(self._own_queue.name, self._own_queue.env)
         if taken is not None:
             self.queue = taken
-        elif not await self.queue.start():
-            self._fail(self.queue.start_error or "cannot start")
+        elif not await self._own_queue.start():
+            self._fail(self._own_queue.start_error or "cannot start")
             return False
         watchers.append(asyncio.create_task(self._wake_on_exit(self.queue)))
         return True
 
-    async def _wake_on_exit(self, proc: ChildProcess) -> None:
+    async def _wake_on_exit(self, proc: ProcessHandle) -> None:
         await proc.wait()
         self._wake.set()
 

@@ -1,4 +1,4 @@
-"""A child process in its own process group, with a bounded ring of its last output lines; free ports.
+"""Processes in their own process groups, each with a bounded ring of its last output lines; free ports.
 
 Every child starts a new session, so a signal to its group reaches whatever it spawned, and a Ctrl-C in
 the terminal reaches only ``zeroscale up``, which then stops the children in its own order.
@@ -15,7 +15,7 @@ import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["ChildProcess", "PortAllocator"]
+__all__ = ["ChildProcess", "PortAllocator", "ProcessHandle"]
 
 log = logging.getLogger("zeroscale.local")
 
@@ -23,31 +23,20 @@ _CHUNK = 65536
 _MAX_LINE = 4096  # longer lines are cut: the ring holds lines for error reports, not data
 
 
-class ChildProcess:
-    """One process: start it, keep its last ``ring`` output lines (stdout and stderr merged),
-    signal its whole process group, stop it with SIGTERM then SIGKILL."""
+class ProcessHandle:
+    """What the runtime holds of one process that leads its own process group: its pid, its last
+    ``ring`` output lines (stdout and stderr merged), its exit; signal its whole group, stop it with
+    SIGTERM then SIGKILL. How the process was started and how its exit is learnt is the subclass's:
+    ChildProcess (spawned here) and cluster.local_zygote.ForkedProcess (forked by the zygote)."""
 
     def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str],
-        cwd: str,
-        ring: int = 200,
-        on_line: Callable[[str, str], None] | None = None,
-        stdin_pipe: bool = False,
+        self, name: str, *, ring: int = 200, on_line: Callable[[str, str], None] | None = None
     ) -> None:
         self.name = name
-        self._stdin_pipe = stdin_pipe
-        self.argv = tuple(argv)
-        self.env = dict(env)
-        self.cwd = cwd
         self._lines: collections.deque[str] = collections.deque(maxlen=ring)
         self._on_line = on_line
-        self._proc: asyncio.subprocess.Process | None = None
+        self._pid: int | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._reaper: asyncio.Task[None] | None = None
         self._exited = asyncio.Event()
         self.returncode: int | None = None
         self.exited_at: float | None = None  # loop time of the exit
@@ -55,67 +44,35 @@ class ChildProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._pid
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self.returncode is None
+        return self._pid is not None and self.returncode is None
 
     def last_lines(self, n: int | None = None) -> list[str]:
         lines = list(self._lines)
         return lines if n is None else lines[-n:]
 
-    async def start(self) -> bool:
-        """Start the process; False (with ``start_error`` set) when it cannot be executed at all."""
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.PIPE if self._stdin_pipe else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=self.cwd,
-                env=self.env,
-                start_new_session=True,
-            )
-        except OSError as e:
-            self.start_error = f"cannot start {self.argv[0]!r}: {e.strerror or e}"
-            self._lines.append(self.start_error)
-            self.returncode = -1
+    def note(self, text: str) -> None:
+        """A line of the runtime's own about this process, kept in its ring with its output."""
+        self._line(text.encode())
+
+    def _exit(self, code: int) -> None:
+        if self.returncode is None:
+            self.returncode = code
+            self.exited_at = asyncio.get_running_loop().time()
             self._exited.set()
-            return False
-        self._reader = asyncio.create_task(self._read(), name=f"output of {self.name}")
-        self._reaper = asyncio.create_task(self._reap(), name=f"exit of {self.name}")
-        return True
 
-    async def feed(self, data: bytes, timeout: float = 5.0) -> bool:
-        """Write ``data`` to the process's standard input and close it (``stdin_pipe`` only); False when
-        the process is gone or does not take it within ``timeout`` seconds."""
-        proc = self._proc
-        if proc is None or proc.stdin is None or self.returncode is not None:
-            return False
-        try:
-            async with asyncio.timeout(timeout):
-                proc.stdin.write(data)
-                await proc.stdin.drain()
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            proc.stdin.close()
-        return True
+    def _follow(self, stream: asyncio.StreamReader) -> None:
+        """Read the process's output from ``stream`` into the ring until end of file."""
+        self._reader = asyncio.create_task(self._read(stream), name=f"output of {self.name}")
 
-    async def _reap(self) -> None:
-        assert self._proc is not None
-        self.returncode = await self._proc.wait()
-        self.exited_at = asyncio.get_running_loop().time()
-        self._exited.set()
-
-    async def _read(self) -> None:
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
+    async def _read(self, stream: asyncio.StreamReader) -> None:
         partial = b""
         while True:
             try:
-                chunk = await proc.stdout.read(_CHUNK)
+                chunk = await stream.read(_CHUNK)
             except (OSError, ValueError):
                 break
             if not chunk:
@@ -147,10 +104,10 @@ class ChildProcess:
         return self.returncode
 
     def signal_group(self, sig: int) -> None:
-        if self._proc is None:
+        if self._pid is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)
+            os.killpg(self._pid, sig)
 
     def kill_now(self) -> None:
         """SIGKILL the group without waiting: the last resort of a shutdown that is itself cut short."""
@@ -158,7 +115,7 @@ class ChildProcess:
 
     async def stop(self, grace: float) -> int | None:
         """SIGTERM to the group, SIGKILL after ``grace`` seconds; then whatever is left of the group."""
-        if self._proc is None:
+        if self._pid is None:
             return self.returncode
         if self.returncode is None:
             self.signal_group(signal.SIGTERM)
@@ -178,6 +135,56 @@ class ChildProcess:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._reader
         return self.returncode
+
+
+class ChildProcess(ProcessHandle):
+    """A process spawned here, in a new session; its exit comes from asyncio's child watcher.
+    ``stdin``: a file descriptor to give it as standard input (default /dev/null)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        ring: int = 200,
+        on_line: Callable[[str, str], None] | None = None,
+        stdin: int | None = None,
+    ) -> None:
+        super().__init__(name, ring=ring, on_line=on_line)
+        self._stdin = stdin
+        self.argv = tuple(argv)
+        self.env = dict(env)
+        self.cwd = cwd
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> bool:
+        """Start the process; False (with ``start_error`` set) when it cannot be executed at all."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=self._stdin if self._stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,
+            )
+        except OSError as e:
+            self.start_error = f"cannot start {self.argv[0]!r}: {e.strerror or e}"
+            self._lines.append(self.start_error)
+            self.returncode = -1
+            self._exited.set()
+            return False
+        self._pid = proc.pid
+        assert proc.stdout is not None
+        self._follow(proc.stdout)
+        self._reaper = asyncio.create_task(self._reap(proc), name=f"exit of {self.name}")
+        return True
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        self._exit(await proc.wait())
 
 
 class PortAllocator:

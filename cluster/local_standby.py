@@ -1,27 +1,36 @@
-"""Queue-proxies started ahead of their pods, so a cold start does not wait for one to boot.
+"""Warm queue-proxies for the local runtime's pods: forked from one pre-imported zygote.
 
-A queue-proxy process spends ~150 ms on the interpreter and its imports before it listens, and on a
-cold start that is time the first request waits. The pool keeps ``size`` processes of
-``python -m queueproxy --standby`` (queueproxy.standby) started and idle; ``take`` hands one to a pod
-by writing the pod's environment to its standard input. The pod calls ``fill`` once it is ready (or
-has failed), so the replacement's start does not compete for the CPU with the app's. When none is
-ready (the pool is empty, all are being replaced, or the pod's environment needs a different
-interpreter set-up) the pod starts its own queue-proxy as before.
+A queue-proxy process spends ~115-150 ms of CPU on the interpreter and its imports before it listens,
+and on a cold start that is time the first request waits; 25 cold starts at once pay it 25 times on
+the same cores. The pool keeps one zygote (``python -m queueproxy --zygote``, queueproxy.zygote) that
+has done the imports once; ``take`` asks it to fork the pod's queue-proxy (a few ms, no imports), so
+every cold start gets a warm one, also many at once. See cluster.local_zygote for the protocol and
+how a forked queue-proxy's exit is followed.
 
-An idle standby costs one idle queue-proxy's memory (~30 MB). ``size=0`` turns the pool off.
+``take`` returns None (the pod then starts ``python -m queueproxy`` itself, as before) when the zygote
+is not ready (still importing, dead and waiting to be restarted), when it cannot fork, and when the
+pod's ``PYTHON*`` variables differ from the zygote's (they shape the interpreter at its start, which a
+forked child does not redo). A zygote that dies is started again by ``fill`` (called by each pod once
+ready, and by a timer), never sooner than the back-off allows: 1 s after the first death, doubling up
+to 60 s, back to 1 s once a zygote has lived 60 s. A system without pidfd_open (Linux < 5.3) gets no
+zygote at all. ``size`` is 0 (off) or more (one zygote).
+
+Memory: the zygote is one idle queue-proxy's imports (~35 MB RSS); a forked queue-proxy shares those
+pages copy-on-write (``gc.freeze`` keeps collections from touching them), so its own (USS) memory is a
+few MB where a started one's is ~30 MB.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 
-from .local_process import ChildProcess
+from .local_process import ProcessHandle
+from .local_zygote import ForkedProcess, Zygote, zygote_supported
 
-__all__ = ["StandbyPool"]
+__all__ = ["Backoff", "StandbyPool"]
 
 log = logging.getLogger("zeroscale.local")
 
@@ -29,9 +38,26 @@ STOP_GRACE = 2.0
 
 
 def _interpreter_vars(env: Mapping[str, str]) -> dict[str, str]:
-    """The variables the interpreter reads at its own start: a standby started with other values
-    would not be the process the pod asked for."""
+    """The variables the interpreter reads at its own start: a child forked from a zygote started with
+    other values would not be the process the pod asked for."""
     return {k: v for k, v in env.items() if k.startswith("PYTHON")}
+
+
+class Backoff:
+    """Delays between restarts of something that keeps dying: ``first``, doubling up to ``most``;
+    back to ``first`` after something lived ``healthy`` seconds. Pure: times are passed in."""
+
+    def __init__(self, first: float = 1.0, most: float = 60.0, healthy: float = 60.0) -> None:
+        self.first, self.most, self.healthy = first, most, healthy
+        self._next = first
+
+    def died(self, lived: float) -> float:
+        """The delay before the next start, for something that died after ``lived`` seconds."""
+        if lived >= self.healthy:
+            self._next = self.first
+        delay = self._next
+        self._next = min(self._next * 2, self.most)
+        return delay
 
 
 class StandbyPool:
@@ -44,91 +70,156 @@ class StandbyPool:
         cwd: str,
         ring: int = 200,
         on_line: Callable[[str, str], None] | None = None,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if size < 0:
             raise ValueError(f"standby pool size must be >= 0, got {size}")
         self.size = size
-        self._argv = (python, "-m", "queueproxy", "--standby")
+        self._python = python
         self._env = dict(env)
         self._python_vars = _interpreter_vars(env)
         self._cwd = cwd
         self._ring = ring
         self._on_line = on_line
-        self._ready: list[ChildProcess] = []
-        self._starting: set[asyncio.Task[None]] = set()
-        self._names = itertools.count(1)
+        self._backoff = backoff or Backoff()
+        self._clock = clock
+        self._zygote: Zygote | None = None
+        self._retired: list[Zygote] = []  # dead zygotes whose forked queue-proxies may still run
+        self._starting: asyncio.Task[None] | None = None
+        self._not_before = 0.0  # no zygote starts before this clock time (back-off)
+        self._retry: asyncio.TimerHandle | None = None
+        self._started_at = 0.0
         self._closed = False
-        self.taken = 0  # handed to pods
-        self.missed = 0  # a pod found none ready and started its own
+        self.unusable: str | None = zygote_supported()
+        self.starts = 0  # zygotes started (1 + restarts)
+        self.taken = 0  # queue-proxies forked for pods
+        self.missed = 0  # a pod got none and started its own
+
+    @property
+    def zygote(self) -> Zygote | None:
+        """The zygote in use, once ready."""
+        z = self._zygote
+        return z if z is not None and z.ready else None
 
     @property
     def idle(self) -> int:
-        return sum(1 for p in self._ready if p.running)
+        """1 when a ready zygote waits for requests, else 0."""
+        return 1 if self.zygote is not None else 0
 
     def idle_pids(self) -> list[int]:
-        return [p.pid for p in self._ready if p.running and p.pid is not None]
+        z = self.zygote
+        return [z.pid] if z is not None and z.pid is not None else []
+
+    def forked(self) -> list[ForkedProcess]:
+        """Every queue-proxy forked for a pod that has not been seen exit, of any zygote."""
+        self._retired = [z for z in self._retired if z.children()]
+        zygotes = [*self._retired, *([self._zygote] if self._zygote is not None else [])]
+        return [c for z in zygotes for c in z.children()]
 
     def fill(self) -> None:
-        """Start standbys until ``size`` are ready or starting (needs a running loop)."""
-        while not self._closed and len(self._ready) + len(self._starting) < self.size:
-            task = asyncio.get_running_loop().create_task(self._start_one())
-            self._starting.add(task)
-            task.add_done_callback(self._starting.discard)
+        """Have a zygote running or starting, if the back-off allows (needs a running loop)."""
+        if self._closed or self.size == 0 or self.unusable is not None:
+            return
+        if self._zygote is not None or self._starting is not None:
+            return
+        wait = self._not_before - self._clock()
+        loop = asyncio.get_running_loop()
+        if wait > 0:
+            if self._retry is None:
+                self._retry = loop.call_later(wait, self._retry_fill)
+            return
+        self._starting = loop.create_task(self._start(), name="start of the queue-proxy zygote")
 
-    async def _start_one(self) -> None:
-        proc = ChildProcess(
-            f"standby-queue-proxy-{next(self._names)}",
-            self._argv,
+    def _retry_fill(self) -> None:
+        self._retry = None
+        self.fill()
+
+    async def _start(self) -> None:
+        z = Zygote(
+            python=self._python,
             env=self._env,
             cwd=self._cwd,
             ring=self._ring,
             on_line=self._on_line,
-            stdin_pipe=True,
+            on_lost=self._lost,
         )
-        if not await proc.start():
-            log.warning("cannot start a standby queue-proxy: %s", proc.start_error)
+        self.starts += 1
+        self._started_at = self._clock()
+        try:
+            why = await z.start()
+        finally:
+            self._starting = None
+        if why is not None:
+            if z.fatal is not None:
+                self.unusable = z.fatal
+                log.warning("no queue-proxy zygote: %s", z.fatal)
+            else:
+                log.warning("the queue-proxy zygote did not start: %s", why)
+                self._died()
             return
         if self._closed:
-            await proc.stop(STOP_GRACE)
+            await z.close(STOP_GRACE)
             return
-        self._ready.append(proc)
+        self._zygote = z
 
-    async def take(self, name: str, env: Mapping[str, str]) -> ChildProcess | None:
-        """A running queue-proxy configured with ``env`` and renamed ``name``; None when there is no
-        standby to use (the caller starts its own). ``fill`` starts the replacement."""
-        if self._closed or _interpreter_vars(env) != self._python_vars:
+    def _lost(self, z: Zygote) -> None:
+        """A ready zygote is gone (not by close()): restart it later."""
+        if self._zygote is z:
+            self._zygote = None
+            self._retired.append(z)
+            log.warning(
+                "the queue-proxy zygote (pid %s) exited: %s",
+                z.pid,
+                " | ".join(z.process.last_lines(5)) if z.process is not None else "",
+            )
+            self._died()
+            if not self._closed:
+                self.fill()
+
+    def _died(self) -> None:
+        self._not_before = self._clock() + self._backoff.died(self._clock() - self._started_at)
+
+    async def take(self, name: str, env: Mapping[str, str]) -> ProcessHandle | None:
+        """A running queue-proxy named ``name`` with the environment ``env``, forked from the zygote;
+        None when there is none to give (the caller starts its own)."""
+        z = self.zygote
+        if self._closed or z is None or _interpreter_vars(env) != self._python_vars:
+            self.missed += 1
+            self.fill()
             return None
-        line = json.dumps(dict(env), separators=(",", ":")).encode() + b"\n"
-        while self._ready:
-            proc = self._ready.pop(0)
-            if not proc.running:
-                # A standby that died while waiting: it is of no use, and should not have happened.
-                log.warning(
-                    "standby queue-proxy %s exited with code %s: %s",
-                    proc.name,
-                    proc.returncode,
-                    " | ".join(proc.last_lines(5)) or "no output",
-                )
-                await proc.stop(STOP_GRACE)
-                continue
-            proc.name = name
-            if await proc.feed(line):
-                self.taken += 1
-                return proc
-            await proc.stop(STOP_GRACE)
-        self.missed += 1
-        return None
+        child = await z.fork(name, env)
+        if isinstance(child, str):
+            log.warning("no queue-proxy from the zygote for %s: %s", name, child)
+            self.missed += 1
+            if child.startswith("no answer"):
+                z.kill_zygote()  # hung: it is started again after the back-off
+            return None
+        self.taken += 1
+        return child
 
     def kill_now(self) -> None:
-        """SIGKILL every idle standby without waiting (a shutdown cut short)."""
+        """SIGKILL the zygote and every queue-proxy forked that still runs (a shutdown cut short)."""
         self._closed = True
-        for p in self._ready:
-            p.kill_now()
+        if self._retry is not None:
+            self._retry.cancel()
+        for z in [*self._retired, *([self._zygote] if self._zygote is not None else [])]:
+            z.kill_now()
 
     async def close(self) -> None:
-        """Stop every standby (and any still starting); take() returns None from now on."""
+        """Stop the zygote; take() returns None from now on. Queue-proxies forked for pods are their
+        pods' to stop (the runtime closes the pool after its pods); any still running are killed."""
         self._closed = True
-        for task in list(self._starting):
-            await asyncio.gather(task, return_exceptions=True)
-        procs, self._ready = self._ready, []
-        await asyncio.gather(*(p.stop(STOP_GRACE) for p in procs))
+        if self._retry is not None:
+            self._retry.cancel()
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+        left = self.forked()
+        for child in left:
+            log.warning(
+                "queue-proxy %s (pid %s) still runs as the runtime closes: killing it", child.name, child.pid
+            )
+        await asyncio.gather(*(child.stop(0) for child in left))
+        z, self._zygote = self._zygote, None
+        if z is not None:
+            await z.close(STOP_GRACE)

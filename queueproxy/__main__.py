@@ -1,7 +1,7 @@
 """`queue-proxy` / `python -m queueproxy`: the sidecar, configured by Knative's environment variables.
 
-``--standby`` starts it ahead of its pod and reads the environment from standard input instead
-(queueproxy.standby).
+``--zygote`` starts the local runtime's fork server instead (queueproxy.zygote): it imports everything
+once and forks one queue-proxy per pod, each configured by that pod's environment.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import sys
 
 def main() -> None:
     args = sys.argv[1:]
-    if args == ["--standby"]:
-        from queueproxy.standby import main as standby
+    if args == ["--zygote"]:
+        from queueproxy.zygote import main as zygote
 
-        sys.exit(standby())
+        sys.exit(zygote())
     if args:
-        print("usage: queue-proxy [--standby]  (configured by Knative's variables)", file=sys.stderr)
+        print("usage: queue-proxy [--zygote]  (configured by Knative's variables)", file=sys.stderr)
         sys.exit(2)
     from queueproxy.app import run
 
