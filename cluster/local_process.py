@@ -58,10 +58,10 @@ class ProcessHandle:
         """A line of the runtime's own about this process, kept in its ring with its output."""
         self._line(text.encode())
 
-    def _exit(self, code: int) -> None:
+    def _exit(self, code: int, at: float | None = None) -> None:
         if self.returncode is None:
             self.returncode = code
-            self.exited_at = asyncio.get_running_loop().time()
+            self.exited_at = asyncio.get_running_loop().time() if at is None else at
             self._exited.set()
 
     def _follow(self, stream: asyncio.StreamReader) -> None:

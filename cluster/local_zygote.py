@@ -40,6 +40,7 @@ log = logging.getLogger("zeroscale.local")
 FORK_TIMEOUT = 5.0  # seconds for the zygote to answer a fork request
 READY_TIMEOUT = 30.0  # seconds for a new zygote to finish its imports
 CODE_WAIT = 2.0  # seconds to wait for the zygote's exit record once the pidfd says the process is gone
+OUTPUT_WAIT = 2.0  # seconds an exit waits for the end of the process's output
 UNKNOWN_CODE = -1
 
 
@@ -78,6 +79,8 @@ class ForkedProcess(ProcessHandle):
         self._orphan = False  # its zygote is gone: no exit code will be reported
         self._gone = False  # the pidfd said it exited
         self._code_timer: asyncio.TimerHandle | None = None
+        self._following = asyncio.Event()  # its output is being read
+        self._ending: asyncio.Task[None] | None = None
         asyncio.get_running_loop().add_reader(pidfd, self._on_pidfd)
 
     async def follow_output(self, read_fd: int) -> None:
@@ -91,15 +94,16 @@ class ForkedProcess(ProcessHandle):
             pipe.close()
             raise
         self._follow(reader)
+        self._following.set()
 
     def _on_pidfd(self) -> None:
         self._gone = True
         self._drop_pidfd()
         if self._orphan:
-            self._unknown("its zygote is gone")
-        elif self.returncode is None:
+            self._finish(UNKNOWN_CODE, "its zygote is gone")
+        elif self._ending is None:
             self._code_timer = asyncio.get_running_loop().call_later(
-                CODE_WAIT, self._unknown, f"its zygote reported none within {CODE_WAIT:g} s"
+                CODE_WAIT, self._finish, UNKNOWN_CODE, f"its zygote reported none within {CODE_WAIT:g} s"
             )
 
     def exit_code(self, code: int) -> None:
@@ -110,21 +114,32 @@ class ForkedProcess(ProcessHandle):
         """Its zygote died or was closed: from now on its exit is known by the pidfd only."""
         self._orphan = True
         if self._gone:
-            self._unknown("its zygote is gone")
+            self._finish(UNKNOWN_CODE, "its zygote is gone")
 
-    def _unknown(self, why: str) -> None:
-        if self.returncode is None:
-            self.note(
-                f"zeroscale: {self.name} (pid {self._pid}) exited; exit code unknown ({why}): {UNKNOWN_CODE}"
-            )
-        self._finish(UNKNOWN_CODE)
-
-    def _finish(self, code: int) -> None:
+    def _finish(self, code: int, unknown: str | None = None) -> None:
         if self._code_timer is not None:
             self._code_timer.cancel()
             self._code_timer = None
         self._drop_pidfd()
-        self._exit(code)
+        if self._ending is None:
+            loop = asyncio.get_running_loop()
+            self._ending = loop.create_task(
+                self._end(code, loop.time(), unknown), name=f"exit of {self.name}"
+            )
+
+    async def _end(self, code: int, at: float, unknown: str | None) -> None:
+        # Its last lines (a configuration error, a traceback) are read before its exit is told, as
+        # asyncio does for a child's pipes; bounded, in case something else holds the pipe open.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(OUTPUT_WAIT):
+                await self._following.wait()
+                if self._reader is not None:
+                    await asyncio.shield(self._reader)
+        if unknown is not None:
+            self.note(
+                f"zeroscale: {self.name} (pid {self._pid}) exited; exit code unknown ({unknown}): {code}"
+            )
+        self._exit(code, at)
 
     def _drop_pidfd(self) -> None:
         if self._pidfd is not None:
@@ -229,16 +244,26 @@ class Zygote:
                     result = await asyncio.shield(done)
             finally:
                 os.close(write_fd)  # the zygote's child holds its own copy
-        except (TimeoutError, OSError, wire.WireError) as e:
+        except BaseException as e:
+            # Given up (or cancelled): a reply that comes later finds no request and kills its child.
             self._pending.pop(rid, None)
             os.close(read_fd)
-            return (
-                f"no answer from the zygote within {timeout:g} s" if isinstance(e, TimeoutError) else str(e)
-            )
+            late = done.result() if done.done() else None
+            if isinstance(late, ForkedProcess):
+                late.kill_now()
+            if isinstance(e, TimeoutError):
+                return f"no answer from the zygote within {timeout:g} s"
+            if isinstance(e, (OSError, wire.WireError)):
+                return str(e)
+            raise
         if isinstance(result, str):
             os.close(read_fd)
             return result
-        await result.follow_output(read_fd)
+        try:
+            await result.follow_output(read_fd)
+        except BaseException:
+            result.kill_now()
+            raise
         return result
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
@@ -302,6 +327,7 @@ class Zygote:
             pidfd = fds.pop(0)
             if waiting is None or waiting[0].done() or self._closing:
                 # Nobody waits for it any more: a queue-proxy nobody would ever stop.
+                log.warning("%s forked pid %s after its request gave up: killing it", self.name, pid)
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
