@@ -87,11 +87,14 @@ class StandbyPool:
         self._zygote: Zygote | None = None
         self._retired: list[Zygote] = []  # dead zygotes whose forked queue-proxies may still run
         self._starting: asyncio.Task[None] | None = None
+        self._candidate: Zygote | None = None  # the zygote being started
         self._not_before = 0.0  # no zygote starts before this clock time (back-off)
         self._retry: asyncio.TimerHandle | None = None
         self._started_at = 0.0
         self._closed = False
-        self.unusable: str | None = zygote_supported()
+        self.unusable: str | None = zygote_supported() if size > 0 else None
+        if self.unusable is not None:
+            log.warning("no queue-proxy zygote (%s): every queue-proxy is started anew", self.unusable)
         self.starts = 0  # zygotes started (1 + restarts)
         self.taken = 0  # queue-proxies forked for pods
         self.missed = 0  # a pod got none and started its own
@@ -146,11 +149,15 @@ class StandbyPool:
         )
         self.starts += 1
         self._started_at = self._clock()
+        self._candidate = z
         try:
             why = await z.start()
         finally:
             self._starting = None
+            self._candidate = None
         if why is not None:
+            if self._closed:
+                return
             if z.fatal is not None:
                 self.unusable = z.fatal
                 log.warning("no queue-proxy zygote: %s", z.fatal)
@@ -203,8 +210,9 @@ class StandbyPool:
         self._closed = True
         if self._retry is not None:
             self._retry.cancel()
-        for z in [*self._retired, *([self._zygote] if self._zygote is not None else [])]:
-            z.kill_now()
+        for z in [*self._retired, self._zygote, self._candidate]:
+            if z is not None:
+                z.kill_now()
 
     async def close(self) -> None:
         """Stop the zygote; take() returns None from now on. Queue-proxies forked for pods are their
@@ -213,6 +221,8 @@ class StandbyPool:
         if self._retry is not None:
             self._retry.cancel()
         if self._starting is not None:
+            if self._candidate is not None:
+                self._candidate.kill_now()  # not worth waiting for its imports: its start ends at once
             await asyncio.gather(self._starting, return_exceptions=True)
         left = self.forked()
         for child in left:

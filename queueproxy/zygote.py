@@ -17,8 +17,13 @@ never interleave. Per request it forks a child that becomes an ordinary queue-pr
 2. signals back to their defaults (SIGINT to Python's KeyboardInterrupt), no wake-up fd;
 3. stdin /dev/null, stdout and stderr the pipe the runtime sent, every other fd closed;
 4. ``chdir(cwd)``, ``os.environ`` replaced wholesale by the pod's environment;
-5. ``queueproxy.app.run(os.environ)`` (SIGTERM drains as usual), then ``os._exit(code)``: the child
+5. its name (``/proc/self/comm``, what ps and top show) ``queue-proxy``;
+6. ``queueproxy.app.run(os.environ)`` (SIGTERM drains as usual), then ``os._exit(code)``: the child
    never returns into the zygote's loop.
+
+What differs from a started process: ``/proc/<pid>/cmdline`` and ``/proc/<pid>/environ`` are the
+kernel's copies from the zygote's exec (``ps -f`` shows ``python -m queueproxy --zygote``, ``ps e``
+the zygote's environment); the process itself sees only the pod's.
 
 The answer carries a pidfd of the child (opened by the zygote, which has not reaped it yet, so it
 cannot name a reused pid); the runtime watches it for the exit. The zygote reaps its children and
@@ -181,6 +186,8 @@ class Zygote:
             os.dup2(out_fd, 2)
             os.closerange(3, _FD_LIMIT)  # the socket's copy went with fd 0; pipes, pidfds, wake-up fd
             os.chdir(request.cwd)
+            with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+                comm.write("queue-proxy")  # its name in ps and top (the command line stays the zygote's)
             os.environ.clear()
             os.environ.update(request.env)
             from .app import run
@@ -223,6 +230,13 @@ def main() -> int:
             socket.send_fds(ctrl, [wire.encode({"fatal": reason})], [])
         return 3
     _warm()
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:  # a fork copies only the forking thread: a lock another one held stays locked
+        reason = f"{threads} threads run after the imports; a process that forks must have one"
+        print(f"queue-proxy --zygote: {reason}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            socket.send_fds(ctrl, [wire.encode({"fatal": reason})], [])
+        return 3
     gc.collect()
     gc.freeze()  # imported objects move to a generation no collection walks: their pages stay shared
     print(

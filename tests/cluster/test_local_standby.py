@@ -19,7 +19,7 @@ from cluster.local import LocalRuntime
 from cluster.local_pod import PROJECT_ROOT, queue_base_env
 from cluster.local_process import PortAllocator
 from cluster.local_standby import Backoff, StandbyPool
-from cluster.local_zygote import ForkedProcess, Zygote
+from cluster.local_zygote import CODE_WAIT, ForkedProcess, Zygote
 from serving.spec import Revision, RevisionHistory, load_services
 from tests.cluster.test_local import FAST, _eq, alive, until
 
@@ -30,6 +30,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def hello() -> Revision:
     return RevisionHistory().admit(load_services(ROOT / "examples/hello/service.yaml")[0])[0]
+
+
+def qp_env() -> dict[str, str]:
+    """A queue-proxy's environment on free loopback ports (in front of no app)."""
+    ports = PortAllocator()
+    names = ("QUEUE_SERVING", "QUEUE_ADMIN", "QUEUE_METRICS", "USER_METRICS", "USER")
+    return {
+        **queue_base_env(os.environ),
+        **{f"{name}_PORT": str(ports.take()) for name in names},
+        "QUEUE_BIND_ADDRESS": "127.0.0.1",
+    }
 
 
 def descendants() -> set[int]:
@@ -158,6 +169,7 @@ async def test_a_killed_zygote_orphans_nothing_and_is_started_again(
     await until(lambda: first.queue.returncode is not None, what="the orphan's exit seen")
     assert first.queue.returncode == -1
     assert "exit code unknown (its zygote is gone)" in first.queue.last_lines()[-1]
+    await until(lambda: first.failure is not None, what="the pod failed")
     assert first.failure is not None and first.failure.reason == "queue-proxy exited with code -1"
 
 
@@ -210,16 +222,7 @@ async def test_a_late_answer_from_a_hung_zygote_leaves_no_process(caplog: pytest
     zygote = psutil.Process(z.pid)
     try:
         os.kill(z.pid, signal.SIGSTOP)
-        ports = PortAllocator()
-        env = {
-            **queue_base_env(os.environ),
-            **{
-                var: str(ports.take())
-                for var in ("QUEUE_SERVING_PORT", "QUEUE_ADMIN_PORT", "QUEUE_METRICS_PORT")
-            },
-            **{var: str(ports.take()) for var in ("USER_METRICS_PORT", "USER_PORT")},
-            "QUEUE_BIND_ADDRESS": "127.0.0.1",
-        }
+        env = qp_env()
         assert await z.fork("late/queue-proxy", env, timeout=0.3) == "no answer from the zygote within 0.3 s"
         os.kill(z.pid, signal.SIGCONT)
         env["QUEUE_SERVING_PORT"] = "eighty"
@@ -276,3 +279,27 @@ async def test_a_zygote_that_cannot_start_is_retried_after_the_backoff_only() ->
         assert pool.idle == 0 and await pool.take("p/queue-proxy", queue_base_env(os.environ)) is None
     finally:
         await pool.close()
+
+
+async def test_an_exit_the_zygote_does_not_report_is_seen_by_the_pidfd() -> None:
+    z = Zygote(python=sys.executable, env=queue_base_env(os.environ), cwd=PROJECT_ROOT)
+    assert await z.start() is None
+    assert z.pid is not None
+    zygote_pid = z.pid
+    try:
+        child = await z.fork("quiet/queue-proxy", qp_env())
+        assert isinstance(child, ForkedProcess) and child.pid is not None
+        await until(lambda: any("serving on" in line for line in child.last_lines()), what="serving")
+        os.kill(zygote_pid, signal.SIGSTOP)  # alive, but reaps and reports nothing
+        os.kill(child.pid, signal.SIGKILL)
+        assert await child.wait(30) == -1  # its -9 is not known: -1, and said so
+        assert (
+            f"exit code unknown (its zygote reported none within {CODE_WAIT:g} s)" in child.last_lines()[-1]
+        )
+        assert any("serving on" in line for line in child.last_lines())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(zygote_pid, signal.SIGCONT)
+        z.kill_now()
+        await z.close()
+    assert not alive(zygote_pid)
