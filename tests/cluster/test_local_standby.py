@@ -15,6 +15,7 @@ import httpx
 import psutil
 import pytest
 
+from cluster import local_standby
 from cluster.local import LocalRuntime
 from cluster.local_pod import PROJECT_ROOT, queue_base_env
 from cluster.local_process import PortAllocator
@@ -103,6 +104,20 @@ async def test_a_pod_gets_a_queue_proxy_forked_by_the_zygote_which_drains_to_exi
     assert pod.queue.returncode == 0  # drained on SIGTERM; the code as the zygote reaped it
     assert "SIGTERM: draining" in " ".join(pod.queue.last_lines())
     assert not alive(pod.queue.pid)
+
+
+async def test_a_pod_that_comes_while_the_zygote_imports_waits_for_it(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_standby, "START_WAIT", 30.0)  # however slow the imports are here
+    revision = hello()
+    key = revision.key
+    runtime.add_revision(revision)
+    await runtime.scale(key, 2)  # at once: the zygote has only just been started
+    await until(lambda: _eq(runtime.ready_pods(key), 2), what="ready")
+    pool = runtime.standby
+    assert pool is not None and (pool.taken, pool.missed, pool.starts) == (2, 0, 1)
+    assert all(isinstance(p.queue, ForkedProcess) for p in runtime.pods(key))
 
 
 async def test_many_pods_at_once_all_get_forked_queue_proxies(runtime: LocalRuntime) -> None:
