@@ -95,7 +95,7 @@ class LocalRuntime:
 
     @property
     def standby(self) -> StandbyPool | None:
-        """The pool of queue-proxies started ahead of their pods, once the first revision is added."""
+        """The zygote that forks the pods' queue-proxies (local_standby), once the first revision is added."""
         return self._standby
 
     def _ensure_standby(self) -> None:
