@@ -67,7 +67,20 @@ def cold_md(doc: dict[str, Any]) -> list[str]:
     lines = [
         f"Run of {_date(doc)} UTC. The app alone starts in "
         f"{doc['app_startup_ms']['median']:.0f} ms (median); "
-        f"a queue-proxy alone in {doc.get('queue_proxy_startup_ms', {}).get('median', float('nan')):.0f} ms.",
+        f"a queue-proxy process alone in "
+        f"{doc.get('queue_proxy_startup_ms', {}).get('median', float('nan')):.0f} ms"
+        + (
+            f"; {doc['apps_at_once_ms']['n']} apps started at once take "
+            f"{doc['apps_at_once_ms']['median']:.0f} ms each (median), which the burst's share subtracts"
+            if doc.get("apps_at_once_ms")
+            else ""
+        )
+        + (
+            f". The first cold start after `zeroscale up` started (its zygote still importing): "
+            f"{doc['first_after_up_ms']:.0f} ms."
+            if doc.get("first_after_up_ms") is not None
+            else "."
+        ),
         "",
         "| cold starts | n | p50 ms | p95 ms | max ms | data plane's share p50 / p95 ms |",
         "|---|---|---|---|---|---|",

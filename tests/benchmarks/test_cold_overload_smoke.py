@@ -27,6 +27,11 @@ def test_cold_start_measures_sequential_and_simultaneous_cold_starts(tmp_path: P
     s = doc["sequential"]
     # the share is the latency minus the app's start-up, whatever both are
     assert abs(s["p50_ms"] - doc["app_startup_ms"]["median"] - s["share_p50_ms"]) < 0.2
+    # the burst's share subtracts as many apps started at once, measured alone
+    b = doc["burst"]
+    assert doc["apps_at_once_ms"]["n"] == 2 and doc["apps_at_once_ms"]["median"] > 0
+    assert abs(b["p50_ms"] - doc["apps_at_once_ms"]["median"] - b["share_p50_ms"]) < 0.2
+    assert doc["first_after_up_ms"] > 0
     assert isinstance(next(iter(doc["goal"].values())), bool)
 
 
