@@ -98,6 +98,12 @@ class LocalRuntime:
         """The zygote that forks the pods' queue-proxies (local_standby), once the first revision is added."""
         return self._standby
 
+    async def warm(self, timeout: float) -> bool:
+        """Start the queue-proxy zygote now, not with the first revision, and wait for it at most
+        ``timeout`` seconds: True once it is ready (False also when the pool is turned off)."""
+        self._ensure_standby()
+        return self._standby is not None and await self._standby.ready(timeout)
+
     def _ensure_standby(self) -> None:
         n = self.settings.standby_queue_proxies
         if self._standby is None and n > 0 and not self._closed:

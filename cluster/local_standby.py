@@ -213,6 +213,13 @@ class StandbyPool:
         self.taken += 1
         return child
 
+    async def ready(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, for a zygote being started; True once one is ready."""
+        self.fill()
+        if self._zygote is None and self._starting is not None:
+            await asyncio.wait({self._starting}, timeout=timeout)
+        return self.zygote is not None
+
     def kill_now(self) -> None:
         """SIGKILL the zygote and every queue-proxy forked that still runs (a shutdown cut short)."""
         self._closed = True

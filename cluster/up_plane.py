@@ -42,6 +42,7 @@ __all__ = ["UpPlane"]
 log = logging.getLogger("zeroscale.up")
 
 ROLLOUT_TICK = 0.25  # seconds between rollout checks (Knative steps are whole seconds)
+ZYGOTE_WAIT = 3.0  # at most this long does start() wait for the queue-proxy zygote's imports
 
 
 class _Targets:
@@ -107,24 +108,32 @@ class UpPlane:
         self.autoscaler_config = from_mapping(self.configs.autoscaler)
         for svc in services:
             self._validate(svc)
-        self.scraper = PodScraper(_Targets(self.runtime), clock=MonotonicClock())
-        collector = Collector(self.scraper, self._clock)
-        self.multiscaler = ms = MultiScaler(
-            _LoggingScaler(self.runtime), self.runtime, collector, self.autoscaler_config, self._clock
-        )
-        ms.add_listener(self._on_decision)
-        _, fx = self.reconciler.apply(services, _now())
-        self.gateway = GatewayApp(self.holder, self.runtime, ms.send)
-        self.port = await self.gateway.start(host, port)
-        self.control = ControlServer(self, host, admin_port)
-        self.admin_port = await self.control.start()
-        self._effects(fx)
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(collector.run_forever(), name="autoscaler-scrape"),
-            loop.create_task(ms.run_forever(), name="autoscaler-decide"),
-            loop.create_task(self._rollouts_forever(), name="rollout-ticks"),
-        ]
+        # The queue-proxy zygote imports while the rest starts; start() returns once it is ready (or
+        # ZYGOTE_WAIT has passed), so the first cold start after `up` says it serves is not slower.
+        zygote = asyncio.get_running_loop().create_task(self.runtime.warm(ZYGOTE_WAIT))
+        try:
+            self.scraper = PodScraper(_Targets(self.runtime), clock=MonotonicClock())
+            collector = Collector(self.scraper, self._clock)
+            self.multiscaler = ms = MultiScaler(
+                _LoggingScaler(self.runtime), self.runtime, collector, self.autoscaler_config, self._clock
+            )
+            ms.add_listener(self._on_decision)
+            _, fx = self.reconciler.apply(services, _now())
+            self.gateway = GatewayApp(self.holder, self.runtime, ms.send)
+            self.port = await self.gateway.start(host, port)
+            self.control = ControlServer(self, host, admin_port)
+            self.admin_port = await self.control.start()
+            self._effects(fx)
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(collector.run_forever(), name="autoscaler-scrape"),
+                loop.create_task(ms.run_forever(), name="autoscaler-decide"),
+                loop.create_task(self._rollouts_forever(), name="rollout-ticks"),
+            ]
+        except BaseException:
+            zygote.cancel()  # the zygote itself is stopped with the runtime
+            raise
+        await zygote
 
     async def stop(self, drain_timeout: float) -> None:
         """Stop taking changes, stop scaling, drain requests, stop pods; leaves no child process."""

@@ -205,6 +205,14 @@ async def test_close_stops_the_zygote_and_every_forked_queue_proxy(runtime: Loca
     assert pool.forked() == []
 
 
+async def test_warm_starts_the_zygote_before_any_revision_and_waits_for_it(runtime: LocalRuntime) -> None:
+    assert runtime.standby is None and runtime.revisions() == []
+    assert await runtime.warm(30.0)  # what `zeroscale up` waits for before it says it serves
+    pool = runtime.standby
+    assert pool is not None and pool.idle == 1 and pool.starts == 1
+    assert await runtime.warm(30.0) and pool.starts == 1  # once is enough
+
+
 async def test_no_pool_when_turned_off() -> None:
     settings = dataclasses.replace(FAST, standby_queue_proxies=0)
     async with LocalRuntime(settings) as rt:
@@ -216,6 +224,7 @@ async def test_no_pool_when_turned_off() -> None:
         await until(lambda: _eq(rt.ready_pods(key), 1), what="ready without a zygote")
         [pod] = rt.pods(key)
         assert not isinstance(pod.queue, ForkedProcess)
+        assert not await rt.warm(1.0)
 
 
 async def test_other_interpreter_variables_get_no_forked_queue_proxy() -> None:
