@@ -1,0 +1,234 @@
+"""Where the queue-proxy's cost comes from: ``python -m benchmarks.floor``.
+
+    python -m benchmarks.floor [--rounds 3] [--duration 4] [--rate 1000] [--json-out FILE]
+
+Three proxies in front of the same trivial app, measured the same way in interleaved rounds:
+
+* ``splice``: the least a Python proxy on asyncio protocols and uvloop can do. Every client connection
+  gets its own upstream connection, and bytes are relayed as they come, in the protocols' callbacks,
+  without parsing HTTP: no task, no future, no pool, no timeouts. It is not a usable proxy (one
+  upstream connection per client, nothing checked); it is the floor.
+* ``engine``: zeroscale's HTTP engine with nothing on top (``serving.httpserver.serve`` and
+  ``serving.upstream.forward``): httptools parsing both ways, a handler task per request, a keep-alive
+  pool, streamed bodies with backpressure, errors answered.
+* ``queue-proxy``: the real process (``python -m queueproxy``), the engine plus Knative's handler
+  (probes, stats, drain bookkeeping, timeouts, metrics, header rewrite).
+
+For each: CPU microseconds per request at saturation (``wrk -t1 -c50``, user + system of the proxy
+process) and the latency it adds at an evenly spaced ``--rate`` to the app's 100 ms ``/slow`` (p50
+minus the app's own, measured alone in the same rounds). The difference between two rows is what
+the layer between them costs. Needs wrk for the saturation half (skipped without it). Bounded: each
+load lasts ``--duration`` seconds; everything listens on 127.0.0.1; every process is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .harness import PYTHON, ROOT, Procs, free_port, wait_port
+from .loadgen import fixed_rate
+from .paths import QUIET, start_upstream
+
+# -- the two reference proxies, each run as `python -m benchmarks.floor --serve KIND PORT UPSTREAM` ------
+
+
+class _SpliceUp(asyncio.Protocol):
+    def __init__(self, client: _SpliceClient) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.client.transport is not None:
+            self.client.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client.transport is not None:
+            self.client.transport.close()
+
+
+class _SpliceClient(asyncio.Protocol):
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.up: _SpliceUp | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.pending: list[bytes] = []  # bounded in practice: a client waits for its first answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop = asyncio.get_running_loop()
+        self.connecting = loop.create_task(self._connect(loop))
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            _, up = await loop.create_connection(lambda: _SpliceUp(self), *self.upstream)
+        except OSError:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.up = up
+        assert up.transport is not None
+        for data in self.pending:
+            up.transport.write(data)
+        self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.up is None or self.up.transport is None:
+            self.pending.append(data)
+        else:
+            self.up.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.close()
+
+
+async def _serve(kind: str, port: int, upstream_port: int) -> None:
+    loop = asyncio.get_running_loop()
+    if kind == "splice":
+        await loop.create_server(lambda: _SpliceClient(("127.0.0.1", upstream_port)), "127.0.0.1", port)
+    else:
+        from serving.httpserver import Request, Responder, serve
+        from serving.upstream import Upstream, forward
+
+        pool = Upstream("127.0.0.1", upstream_port, max_idle=1000)
+
+        async def handler(req: Request, resp: Responder) -> None:
+            await forward(req, resp, pool, list(req.headers.items))
+
+        await serve(handler, "127.0.0.1", port)
+    await asyncio.Event().wait()
+
+
+# -- the measurement ---------------------------------------------------------------------------------
+
+
+def _cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def _wrk(port: int, seconds: float) -> int:
+    out = subprocess.run(
+        ["wrk", "-t1", "-c50", f"-d{max(1, round(seconds))}s", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    m = re.search(r"(\d+) requests in", out)
+    if m is None:
+        raise RuntimeError(f"cannot read wrk's output: {out[-300:]!r}")
+    return int(m.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve"]:
+        import uvloop
+
+        kind, port, upstream = argv[1], int(argv[2]), int(argv[3])
+        uvloop.run(_serve(kind, port, upstream))
+        return 0
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.floor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=4.0, help="seconds of each load")
+    p.add_argument("--rate", type=float, default=1000.0)
+    p.add_argument("--json-out")
+    args = p.parse_args(argv)
+    if not (1 <= args.rounds <= 20 and 1 <= args.duration <= 60 and 10 <= args.rate <= 5000):
+        p.error("--rounds 1-20, --duration 1-60, --rate 10-5000")
+    have_wrk = shutil.which("wrk") is not None
+    started = datetime.now(UTC)
+    cpu: dict[str, list[float]] = {"splice": [], "engine": [], "queue-proxy": []}
+    p50: dict[str, list[float]] = {"direct": [], **{k: [] for k in cpu}}
+    errors = dict.fromkeys(p50, 0)
+    with tempfile.TemporaryDirectory(prefix="zs-floor-") as tmp, Procs(Path(tmp)) as procs:
+        up, _ = start_upstream(procs)
+        ports: dict[str, tuple[int, int]] = {}
+        for kind in ("splice", "engine"):
+            port = free_port()
+            proc = procs.start([PYTHON, "-m", "benchmarks.floor", "--serve", kind, str(port), str(up)], kind)
+            wait_port(port, proc)
+            ports[kind] = (port, proc.pid)
+        port = free_port()
+        env = {
+            **QUIET,
+            "QUEUE_BIND_ADDRESS": "127.0.0.1",
+            "QUEUE_SERVING_PORT": str(port),
+            "USER_PORT": str(up),
+            "QUEUE_ADMIN_PORT": str(free_port()),
+            "QUEUE_METRICS_PORT": str(free_port()),
+            "USER_METRICS_PORT": str(free_port()),
+        }
+        qp = procs.start([PYTHON, "-m", "queueproxy"], "queue-proxy", env)
+        wait_port(port, qp)
+        ports["queue-proxy"] = (port, qp.pid)
+        for r in range(args.rounds):
+            res = fixed_rate(up, rate=args.rate, duration=args.duration)
+            p50["direct"].append(res.p50_ms)
+            errors["direct"] += res.errors
+            for kind, (port, pid) in ports.items():
+                if have_wrk:
+                    before = _cpu(pid)
+                    n = _wrk(port, args.duration)
+                    cpu[kind].append((_cpu(pid) - before) / max(n, 1) * 1e6)
+                res = fixed_rate(port, rate=args.rate, duration=args.duration)
+                p50[kind].append(res.p50_ms)
+                errors[kind] += res.errors
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
+    direct = statistics.median(p50["direct"])
+    rows: dict[str, dict[str, Any]] = {}
+    for kind in cpu:
+        rows[kind] = {
+            "cpu_us_per_request": round(statistics.median(cpu[kind]), 1) if cpu[kind] else None,
+            "added_p50_ms": round(statistics.median(p50[kind]) - direct, 3),
+            "errors_at_rate": errors[kind],
+        }
+    print(f"\n{'proxy':<14}{'CPU us/req at c=50':>20}{'added p50 at ' + format(args.rate, 'g') + '/s':>22}")
+    for kind, row in rows.items():
+        c = row["cpu_us_per_request"]
+        print(f"{kind:<14}{'-' if c is None else format(c, '.1f'):>20}{row['added_p50_ms']:>19.3f} ms")
+    doc = {
+        "date": started.isoformat(timespec="seconds"),
+        "settings": {"rounds": args.rounds, "duration": args.duration, "rate": args.rate, "wrk": have_wrk},
+        "direct_p50_ms": round(direct, 3),
+        "direct_errors_at_rate": errors["direct"],
+        "rows": rows,
+    }
+    out = (
+        Path(args.json_out)
+        if args.json_out
+        else ROOT / "benchmarks" / "results" / f"floor-{started:%Y%m%dT%H%M%S}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    print(f"JSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
