@@ -31,7 +31,7 @@ from typing import Any
 
 from queueproxy import zygote_wire as wire
 
-from .local_process import ChildProcess, ProcessHandle
+from .local_process import OUTPUT_WAIT, ChildProcess, ProcessHandle
 
 __all__ = ["CODE_WAIT", "FORK_TIMEOUT", "ForkedProcess", "Zygote", "zygote_supported"]
 
@@ -40,7 +40,6 @@ log = logging.getLogger("zeroscale.local")
 FORK_TIMEOUT = 5.0  # seconds for the zygote to answer a fork request
 READY_TIMEOUT = 30.0  # seconds for a new zygote to finish its imports
 CODE_WAIT = 2.0  # seconds to wait for the zygote's exit record once the pidfd says the process is gone
-OUTPUT_WAIT = 2.0  # seconds an exit waits for the end of the process's output
 UNKNOWN_CODE = -1
 
 
@@ -85,15 +84,7 @@ class ForkedProcess(ProcessHandle):
 
     async def follow_output(self, read_fd: int) -> None:
         """Read its output from ``read_fd`` (the pipe's read end; owned from now on)."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(loop=loop)
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
-        try:
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
-        except BaseException:
-            pipe.close()
-            raise
-        self._follow(reader)
+        await self._follow_pipe(os.fdopen(read_fd, "rb", buffering=0))
         self._following.set()
 
     def _on_pidfd(self) -> None:
