@@ -67,6 +67,16 @@ async def test_sigkill_of_an_app_under_zeroscale_up(tmp_path: Path) -> None:
         load.start()
         try:
             await load.more(200)
+
+            async def both_serving() -> bool:
+                # Both pods are ready for the runtime a moment before the router sends to both:
+                # the victim must be one that serves, or nothing is inside it to fail.
+                apps = _apps(up.proc.pid)
+                logs_of = [logs / f"web-00001-{p.pid}.log" for p in apps]
+                return len(apps) == 2 and all(f.exists() and f.stat().st_size > 0 for f in logs_of)
+
+            await up.poll(both_serving, timeout=40, what="both apps serving")
+            await load.more(50)
             victim = _apps(up.proc.pid)[0]
             os.kill(victim.pid, signal.SIGKILL)
 
