@@ -76,7 +76,7 @@ def cold_md(doc: dict[str, Any]) -> list[str]:
             else ""
         )
         + (
-            f". The first cold start after `zeroscale up` started (its zygote still importing): "
+            f". The first cold start after `zeroscale up` said it serves (the warm-up Service): "
             f"{doc['first_after_up_ms']:.0f} ms."
             if doc.get("first_after_up_ms") is not None
             else "."
