@@ -58,7 +58,7 @@ class PodSettings:
     python: str = sys.executable
     ready_timeout: float = 60.0  # not ready by then: reported with its last output and replaced
     poll_interval: float = 0.05  # readiness polling until first ready: at most this far apart,
-    first_poll_interval: float = 0.005  # starting this close (a standby queue-proxy listens in ~5 ms)
+    first_poll_interval: float = 0.005  # starting this close (a forked queue-proxy listens in ~8 ms)
     watch_interval: float = 0.5  # readiness polling once ready
     watch_failures: int = 3  # consecutive failed checks before a ready pod counts as unready
     drain_quiet_period: float = 1.0  # QUEUE_DRAIN_QUIET_PERIOD_SECONDS: endpoints update at once here
