@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .dataplane import machine
-from .harness import PYTHON, ROOT, Procs, free_port, http_get, wait_port
+from .harness import PYTHON, Procs, free_port, http_get, wait_port, write_json
 from .loadgen import percentile
 from .paths import QUIET, UPSTREAM
 
@@ -282,13 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": {"data plane share p50 < 50 ms": summarize(seq, app_ms)["share_p50_ms"] < 50},
     }
     print(json.dumps(doc, indent=2))
-    out = (
-        Path(args.json_out)
-        if args.json_out
-        else ROOT / "benchmarks" / "results" / f"cold-start-{started:%Y%m%dT%H%M%S}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
+    out = write_json(doc, "cold-start", started, args.json_out)
     print(f"JSON: {out}")
     return 0
 

@@ -30,7 +30,6 @@ and count; everything listens on 127.0.0.1 only; every process is stopped at the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -42,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .harness import ROOT, Procs, UsageMeter
+from .harness import Procs, UsageMeter, write_json
 from .loadgen import LoadResult, available_tools, fixed_rate, saturation
 from .paths import PATHS, Unavailable, start_upstream
 
@@ -330,13 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "goals": g,
     }
     print_table(results, skipped, g)
-    out = (
-        Path(args.json_out)
-        if args.json_out
-        else ROOT / "benchmarks" / "results" / f"dataplane-{started:%Y%m%dT%H%M%S}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
+    out = write_json(doc, "dataplane", started, args.json_out)
     print(f"\nJSON: {out}")
     return 0
 

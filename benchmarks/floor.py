@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import shutil
 import socket
@@ -39,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from .harness import PYTHON, ROOT, Procs, free_port, wait_port
+from .harness import PYTHON, Procs, free_port, wait_port, write_json
 from .loadgen import fixed_rate
 from .paths import QUIET, start_upstream
 
@@ -219,13 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "direct_errors_at_rate": errors["direct"],
         "rows": rows,
     }
-    out = (
-        Path(args.json_out)
-        if args.json_out
-        else ROOT / "benchmarks" / "results" / f"floor-{started:%Y%m%dT%H%M%S}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
+    out = write_json(doc, "floor", started, args.json_out)
     print(f"JSON: {out}")
     return 0
 

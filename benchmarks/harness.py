@@ -6,6 +6,7 @@ killed (its whole process group) when the ``with`` block ends, whatever happened
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,8 +15,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import psutil
 
@@ -230,4 +233,13 @@ def tree(pid: int, exclude: Callable[[psutil.Process], bool] | None = None) -> l
                 out.append(p.pid)
         except psutil.Error:
             continue
+    return out
+
+
+def write_json(doc: dict[str, Any], kind: str, started: datetime, json_out: str | None) -> Path:
+    """Write a run's JSON to ``json_out``, or to benchmarks/results/<kind>-<start time>.json; the path."""
+    default = ROOT / "benchmarks" / "results" / f"{kind}-{started:%Y%m%dT%H%M%S}.json"
+    out = Path(json_out) if json_out else default
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
     return out

@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 
 from .dataplane import machine
-from .harness import Procs, UsageMeter, free_port, wait_port
+from .harness import Procs, UsageMeter, free_port, wait_port, write_json
 from .paths import GATEWAY_HOST, PYTHON, QUIET
 
 MB = 1024 * 1024
@@ -223,13 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": {"10,000 queued: < 100 MB extra": q["extra_rss_mb"] < 100 if args.queued >= 10000 else None},
     }
     print(json.dumps(doc, indent=2))
-    out = (
-        Path(args.json_out)
-        if args.json_out
-        else Path(__file__).parent / "results" / f"overload-{started:%Y%m%dT%H%M%S}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
+    out = write_json(doc, "overload", started, args.json_out)
     print(f"JSON: {out}")
     return 0
 
