@@ -105,14 +105,13 @@ class LocalRuntime:
         return self._standby is not None and await self._standby.ready(timeout)
 
     def _ensure_standby(self) -> None:
-        n = self.settings.standby_queue_proxies
-        if self._standby is None and n > 0 and not self._closed:
+        if self._standby is None and self.settings.queue_proxy_zygote and not self._closed:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
                 return  # added outside a loop: the pool starts with the first pod instead
             self._standby = StandbyPool(
-                n,
+                1,
                 python=self.settings.python,
                 env=queue_base_env(os.environ),
                 cwd=PROJECT_ROOT,

@@ -65,7 +65,7 @@ class PodSettings:
     termination_grace: float | None = None  # None: the revision's timeoutSeconds, as Knative's pods
     kill_grace: float = 3.0  # SIGTERM -> SIGKILL for a pod that failed or is stopped in a hurry
     output_lines: int = 200
-    standby_queue_proxies: int = 1  # >0: queue-proxies forked from a pre-imported zygote (local_standby)
+    queue_proxy_zygote: bool = True  # queue-proxies forked from a pre-imported zygote (local_standby)
 
 
 class PodState(enum.Enum):

@@ -214,7 +214,7 @@ async def test_warm_starts_the_zygote_before_any_revision_and_waits_for_it(runti
 
 
 async def test_no_pool_when_turned_off() -> None:
-    settings = dataclasses.replace(FAST, standby_queue_proxies=0)
+    settings = dataclasses.replace(FAST, queue_proxy_zygote=False)
     async with LocalRuntime(settings) as rt:
         revision = hello()
         rt.add_revision(revision)
