@@ -8,6 +8,11 @@ Three proxies in front of the same trivial app, measured the same way in interle
   gets its own upstream connection, and bytes are relayed as they come, in the protocols' callbacks,
   without parsing HTTP: no task, no future, no pool, no timeouts. It is not a usable proxy (one
   upstream connection per client, nothing checked); it is the floor.
+* ``callbacks``: the splice plus what an HTTP proxy must do per message, still in the callbacks
+  only: httptools parses the request and the answer, the request's head is written anew upstream
+  and the answer's head anew to the client (keep-alive both ways, one upstream connection per
+  client). No task, no future. What an engine could cost with a callback-only path for the common
+  request.
 * ``engine``: zeroscale's HTTP engine with nothing on top (``serving.httpserver.serve`` and
   ``serving.upstream.forward``): httptools parsing both ways, a handler task per request, a keep-alive
   pool, streamed bodies with backpressure, errors answered.
@@ -77,9 +82,12 @@ class _SpliceClient(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.connecting = loop.create_task(self._connect(loop))
 
+    def _up_protocol(self) -> _SpliceUp:
+        return _SpliceUp(self)
+
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            _, up = await loop.create_connection(lambda: _SpliceUp(self), *self.upstream)
+            _, up = await loop.create_connection(self._up_protocol, *self.upstream)
         except OSError:
             if self.transport is not None:
                 self.transport.close()
@@ -101,10 +109,78 @@ class _SpliceClient(asyncio.Protocol):
             self.up.transport.close()
 
 
+class _ParsedUp(_SpliceUp):
+    """The upstream side of ``callbacks``: parse each answer, write it to the client in one piece."""
+
+    def __init__(self, client: _SpliceClient) -> None:
+        import httptools
+
+        super().__init__(client)
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[bytes] = []
+        self.body: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() not in (b"connection", b"keep-alive", b"transfer-encoding", b"content-length"):
+            self.headers.append(b"%s: %s\r\n" % (name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = b"".join(self.body)
+        status = self.parser.get_status_code()
+        head = b"HTTP/1.1 %d OK\r\n%scontent-length: %d\r\n\r\n" % (status, b"".join(self.headers), len(body))
+        self.headers, self.body = [], []
+        if self.client.transport is not None:
+            self.client.transport.write(head + body)
+
+
+class _ParsedClient(_SpliceClient):
+    """The client side of ``callbacks``: parse each request, write its head anew upstream."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        import httptools
+
+        super().__init__(upstream)
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: list[bytes] = []
+        self.host = b"%s:%d" % (upstream[0].encode(), upstream[1])
+
+    def _up_protocol(self) -> _SpliceUp:
+        return _ParsedUp(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() not in (b"host", b"connection", b"keep-alive"):
+            self.headers.append(b"%s: %s\r\n" % (name, value))
+
+    def on_headers_complete(self) -> None:
+        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (
+            self.parser.get_method(),
+            self.url,
+            self.host,
+            b"".join(self.headers),
+        )
+        self.url, self.headers = b"", []
+        super().data_received(head)
+
+
 async def _serve(kind: str, port: int, upstream_port: int) -> None:
     loop = asyncio.get_running_loop()
     if kind == "splice":
         await loop.create_server(lambda: _SpliceClient(("127.0.0.1", upstream_port)), "127.0.0.1", port)
+    elif kind == "callbacks":
+        await loop.create_server(lambda: _ParsedClient(("127.0.0.1", upstream_port)), "127.0.0.1", port)
     else:
         from serving.httpserver import Request, Responder, serve
         from serving.upstream import Upstream, forward
@@ -162,13 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rounds 1-20, --duration 1-60, --rate 10-5000")
     have_wrk = shutil.which("wrk") is not None
     started = datetime.now(UTC)
-    cpu: dict[str, list[float]] = {"splice": [], "engine": [], "queue-proxy": []}
+    cpu: dict[str, list[float]] = {"splice": [], "callbacks": [], "engine": [], "queue-proxy": []}
     p50: dict[str, list[float]] = {"direct": [], **{k: [] for k in cpu}}
     errors = dict.fromkeys(p50, 0)
     with tempfile.TemporaryDirectory(prefix="zs-floor-") as tmp, Procs(Path(tmp)) as procs:
         up, _ = start_upstream(procs)
         ports: dict[str, tuple[int, int]] = {}
-        for kind in ("splice", "engine"):
+        for kind in ("splice", "callbacks", "engine"):
             port = free_port()
             proc = procs.start([PYTHON, "-m", "benchmarks.floor", "--serve", kind, str(port), str(up)], kind)
             wait_port(port, proc)
