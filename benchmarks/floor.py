@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import shutil
 import socket
@@ -45,7 +46,7 @@ import psutil
 
 from .harness import PYTHON, Procs, free_port, wait_port, write_json
 from .loadgen import fixed_rate
-from .paths import QUIET, start_upstream
+from .paths import queue_proxy, start_upstream
 
 # -- the two reference proxies, each run as `python -m benchmarks.floor --serve KIND PORT UPSTREAM` ------
 
@@ -241,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, list[float]] = {"splice": [], "callbacks": [], "engine": [], "queue-proxy": []}
     p50: dict[str, list[float]] = {"direct": [], **{k: [] for k in cpu}}
     errors = dict.fromkeys(p50, 0)
-    with tempfile.TemporaryDirectory(prefix="zs-floor-") as tmp, Procs(Path(tmp)) as procs:
+    with (
+        tempfile.TemporaryDirectory(prefix="zs-floor-") as tmp,
+        Procs(Path(tmp)) as procs,
+        contextlib.ExitStack() as stack,
+    ):
         up, _ = start_upstream(procs)
         ports: dict[str, tuple[int, int]] = {}
         for kind in ("splice", "callbacks", "engine"):
@@ -249,19 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             proc = procs.start([PYTHON, "-m", "benchmarks.floor", "--serve", kind, str(port), str(up)], kind)
             wait_port(port, proc)
             ports[kind] = (port, proc.pid)
-        port = free_port()
-        env = {
-            **QUIET,
-            "QUEUE_BIND_ADDRESS": "127.0.0.1",
-            "QUEUE_SERVING_PORT": str(port),
-            "USER_PORT": str(up),
-            "QUEUE_ADMIN_PORT": str(free_port()),
-            "QUEUE_METRICS_PORT": str(free_port()),
-            "USER_METRICS_PORT": str(free_port()),
-        }
-        qp = procs.start([PYTHON, "-m", "queueproxy"], "queue-proxy", env)
-        wait_port(port, qp)
-        ports["queue-proxy"] = (port, qp.pid)
+        # the same queue-proxy as the dataplane benchmark's path of that name
+        qp = stack.enter_context(queue_proxy(procs, up, Path(tmp)))
+        [qp_pid] = qp.pids()
+        ports["queue-proxy"] = (qp.port, qp_pid)
         for r in range(args.rounds):
             res = fixed_rate(up, rate=args.rate, duration=args.duration)
             p50["direct"].append(res.p50_ms)
