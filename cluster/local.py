@@ -111,7 +111,6 @@ class LocalRuntime:
             except RuntimeError:
                 return  # added outside a loop: the pool starts with the first pod instead
             self._standby = StandbyPool(
-                1,
                 python=self.settings.python,
                 env=queue_base_env(os.environ),
                 cwd=PROJECT_ROOT,

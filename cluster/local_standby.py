@@ -16,7 +16,7 @@ pod's ``PYTHON*`` variables differ from the zygote's (they shape the interpreter
 forked child does not redo). A zygote that dies is started again by ``fill`` (called by each pod once
 ready, and by a timer), never sooner than the back-off allows: 1 s after the first death, doubling up
 to 60 s, back to 1 s once a zygote has lived 60 s. A system without pidfd_open (Linux < 5.3) gets no
-zygote at all. ``size`` is 0 (off) or more (one zygote).
+zygote at all. Turning it off (``PodSettings.queue_proxy_zygote``) means the runtime makes no pool.
 
 Memory (psutil, idle, measured here): the zygote is one queue-proxy's imports, 32 MB RSS; a forked
 queue-proxy shares those pages copy-on-write (``gc.freeze`` keeps collections from touching them):
@@ -67,7 +67,6 @@ class Backoff:
 class StandbyPool:
     def __init__(
         self,
-        size: int,
         *,
         python: str,
         env: Mapping[str, str],
@@ -77,9 +76,6 @@ class StandbyPool:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if size < 0:
-            raise ValueError(f"standby pool size must be >= 0, got {size}")
-        self.size = size
         self._python = python
         self._env = dict(env)
         self._python_vars = _interpreter_vars(env)
@@ -96,7 +92,7 @@ class StandbyPool:
         self._retry: asyncio.TimerHandle | None = None
         self._started_at = 0.0
         self._closed = False
-        self.unusable: str | None = zygote_supported() if size > 0 else None
+        self.unusable: str | None = zygote_supported()
         if self.unusable is not None:
             log.warning("no queue-proxy zygote (%s): every queue-proxy is started anew", self.unusable)
         self.starts = 0  # zygotes started (1 + restarts)
@@ -126,7 +122,7 @@ class StandbyPool:
 
     def fill(self) -> None:
         """Have a zygote running or starting, if the back-off allows (needs a running loop)."""
-        if self._closed or self.size == 0 or self.unusable is not None:
+        if self._closed or self.unusable is not None:
             return
         if self._zygote is not None or self._starting is not None:
             return

@@ -228,7 +228,7 @@ async def test_no_pool_when_turned_off() -> None:
 
 
 async def test_other_interpreter_variables_get_no_forked_queue_proxy() -> None:
-    pool = StandbyPool(1, python=sys.executable, env=queue_base_env(os.environ), cwd=PROJECT_ROOT)
+    pool = StandbyPool(python=sys.executable, env=queue_base_env(os.environ), cwd=PROJECT_ROOT)
     try:
         pool.fill()
         await until(lambda: pool.idle == 1, what="the zygote ready")
@@ -285,7 +285,6 @@ def test_backoff(lived: list[float], delays: list[float]) -> None:
 async def test_a_zygote_that_cannot_start_is_retried_after_the_backoff_only() -> None:
     now = [100.0]
     pool = StandbyPool(
-        1,
         python="/no/such/python",
         env=queue_base_env(os.environ),
         cwd=PROJECT_ROOT,
