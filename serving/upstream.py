@@ -334,12 +334,13 @@ class Upstream:
             ) from e
         return conn
 
-    async def acquire(self) -> tuple[_Conn, bool]:
-        """A connection and whether it was reused from the pool."""
+    async def acquire(self, fresh: bool = False) -> tuple[_Conn, bool]:
+        """A connection and whether it was reused from the pool; ``fresh`` skips the pool."""
         now = time.monotonic()
-        while self._idle:
+        while self._idle and not fresh:
             conn = self._idle.pop()
-            if conn.closed or now - conn.idle_since > self.idle_timeout:
+            # error: the app's FIN (or a reset) came while the connection sat idle.
+            if conn.closed or conn.error is not None or now - conn.idle_since > self.idle_timeout:
                 conn.close()
                 continue
             self.in_use += 1
@@ -431,7 +432,8 @@ async def forward(
     has_body = req.has_body
     for attempt in (0, 1):
         try:
-            conn, reused = await upstream.acquire()
+            # The retry dials anew: the other pooled connections may be closing just the same.
+            conn, reused = await upstream.acquire(fresh=attempt == 1)
         except UpstreamError as e:
             if attempt == 0:
                 raise

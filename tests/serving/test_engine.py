@@ -350,6 +350,52 @@ async def test_only_replayable_requests_are_sent_again_when_a_pooled_connection_
         await up.close()
 
 
+async def test_the_retry_after_a_dead_pooled_connection_dials_anew() -> None:
+    """Several pooled connections the app is closing at once (the keep-alive race under load): the one
+    retry must not take another of them, or the request fails after all."""
+    firsts: list[bytes] = []
+    both_in = asyncio.Event()
+
+    async def answers_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            firsts.append(await reader.readuntil(b"\r\n\r\n"))
+            if len(firsts) == 2:
+                both_in.set()
+            await both_in.wait()  # the first two requests overlap: two connections go to the pool
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")  # a second request on this connection: dropped
+        writer.close()
+
+    upstream_srv = await asyncio.start_server(answers_once, "127.0.0.1", 0)
+    up = Upstream("127.0.0.1", upstream_srv.sockets[0].getsockname()[1])
+
+    async def handler(req: Request, resp: Responder) -> None:
+        try:
+            await forward(req, resp, up, req.headers.items)
+        except UpstreamError as e:
+            await resp.send(502, str(e))
+
+    server = await serve(handler, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.port}/"
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def get() -> int:
+                async with s.get(url) as r:
+                    await r.read()
+                    return r.status
+
+            assert await asyncio.gather(get(), get()) == [200, 200]
+            assert up.idle == 2
+            assert await get() == 200  # dies on one pooled connection, then answered on a new one
+            assert len(firsts) == 3
+    finally:
+        await server.shutdown(1)
+        upstream_srv.close()
+        await up.close()
+
+
 async def test_refused_answer_is_not_relayed_and_reads_as_not_sent() -> None:
     """forward(refuse=...): an answer saying the upstream did not take the request (a queue-proxy that
     could not reach its app) is not relayed; the caller may send the request elsewhere."""
