@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import httptools
 
-__all__ = ["Handler", "Headers", "HttpServer", "Request", "Responder", "ServerLimits", "serve"]
+__all__ = ["FastRequest", "Handler", "Headers", "HttpServer", "Request", "Responder", "ServerLimits", "serve"]
 
 log = logging.getLogger("zeroscale.http")
 
@@ -434,6 +434,64 @@ Handler = Callable[[Request, Responder], Awaitable[None]]
 _NO_DEADLINE, _HEADER_DEADLINE, _KEEPALIVE_DEADLINE = 0, 1, 2
 
 
+class FastRequest:
+    """A request a server's fast hook took: in progress without a task.
+
+    It stands where the handler task would (``HttpProtocol._task``), so every "is a request in
+    progress" check holds; ``cancel()`` (the client went away) calls ``on_cancel``. The hook ends it
+    with ``finish()`` once the response has ended, or hands the rest to a task with ``escalate``.
+    Both drop its references, so a finished request leaves no reference cycle for the collector.
+    """
+
+    __slots__ = ("_next", "_proto", "_resp", "on_cancel")
+
+    def __init__(self, proto: HttpProtocol, resp: Responder) -> None:
+        self._proto: HttpProtocol | None = proto
+        self._resp: Responder | None = resp
+        self._next: asyncio.Task[None] | None = None
+        self.on_cancel: Callable[[], None] | None = None
+
+    def done(self) -> bool:
+        return self._proto is None
+
+    def cancel(self, msg: object = None) -> bool:
+        if self._proto is None:
+            # Handed over: whoever holds this marker (a timeout sweeper) cancels the task instead.
+            return self._next.cancel(msg) if self._next is not None else False
+        cb = self.on_cancel
+        if cb is not None:
+            cb()
+        return True
+
+    def finish(self) -> None:
+        proto, resp = self._proto, self._resp
+        if proto is None or resp is None:
+            return
+        self._proto = self._resp = None
+        self.on_cancel = None
+        proto.server.active -= 1
+        if proto._task is self:
+            proto._task = None
+        resp._task = None
+        if not resp._ended:
+            proto.close()
+        else:
+            proto._maybe_next()
+
+    def escalate(self, rest: Awaitable[None]) -> None:
+        """Go on in a task, as if the handler had been ``rest`` from the start."""
+        proto, resp = self._proto, self._resp
+        if proto is None or resp is None:
+            return
+        self._proto = self._resp = None
+        self.on_cancel = None
+        task = proto._loop.create_task(proto._run(resp._request, resp, rest))
+        self._next = proto._task = resp._task = task
+
+
+FastHook = Callable[[Request, Responder, FastRequest], bool]
+
+
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_body_paused",
@@ -721,6 +779,13 @@ class HttpProtocol(asyncio.Protocol):
         self._request = req
         resp = self._responder = Responder(self, req)
         self.server.active += 1
+        fast = self.server.fast
+        if fast is not None:
+            marker = FastRequest(self, resp)
+            self._task = resp._task = marker  # type: ignore[assignment]
+            if fast(req, resp, marker):
+                return
+            self._task = resp._task = None
         self._task = resp._task = self._loop.create_task(self._run(req, resp))
 
     def on_body(self, body: bytes) -> None:
@@ -741,9 +806,9 @@ class HttpProtocol(asyncio.Protocol):
             self._request._feed(rest)
 
     # -- running handlers ----------------------------------------------------------------------
-    async def _run(self, req: Request, resp: Responder) -> None:
+    async def _run(self, req: Request, resp: Responder, rest: Awaitable[None] | None = None) -> None:
         try:
-            await self.server.handler(req, resp)
+            await (self.server.handler(req, resp) if rest is None else rest)
             if not resp._ended and not self._closed:
                 await resp.end()
         except asyncio.CancelledError:
@@ -810,6 +875,7 @@ class HttpServer:
 
     def __init__(self, handler: Handler, limits: ServerLimits, loop: asyncio.AbstractEventLoop) -> None:
         self.handler = handler
+        self.fast: FastHook | None = None
         self.limits = limits
         self.loop = loop
         self.connections: set[HttpProtocol] = set()

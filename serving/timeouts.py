@@ -90,8 +90,11 @@ class Sweeper:
     def __len__(self) -> int:
         return len(self._active)
 
-    def track(self, resp: Progress, start: float, t: RequestTimeouts) -> Tracked:
-        entry = Tracked(asyncio.current_task(), resp, start, t)
+    def track(
+        self, resp: Progress, start: float, t: RequestTimeouts, task: asyncio.Task[object] | None = None
+    ) -> Tracked:
+        """``task`` (default: the current one) is cancelled when a timeout fires."""
+        entry = Tracked(task if task is not None else asyncio.current_task(), resp, start, t)
         if t.total or t.response_start or t.idle:
             self._active.add(entry)
             if self._task is None:

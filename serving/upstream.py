@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httptools
 
 from .headers import HOP_BY_HOP, connection_tokens
-from .httpserver import Request, Responder, adopt
+from .httpserver import FastRequest, Request, Responder, adopt
 
-__all__ = ["Upstream", "UpstreamError", "forward", "strip_hop_by_hop"]
+__all__ = ["FastExchange", "Upstream", "UpstreamError", "forward", "forward_fast", "strip_hop_by_hop"]
 
 _READ_WINDOW = 262144
 
@@ -80,6 +80,7 @@ class _Conn(asyncio.Protocol):
         "closed",
         "complete",
         "error",
+        "fast",
         "headers",
         "idle_since",
         "keep_alive",
@@ -105,6 +106,7 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.raw = False
         self.no_body = False
+        self.fast: FastExchange | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -128,6 +130,10 @@ class _Conn(asyncio.Protocol):
         if self.error is None:
             self.error = exc or ConnectionResetError("upstream closed the connection")
         self._wake()
+        f = self.fast
+        if f is not None:
+            self.fast = None
+            f.ready()
         d = self._drain
         if d is not None and not d.done():
             d.set_exception(ConnectionResetError("upstream closed the connection"))
@@ -163,6 +169,10 @@ class _Conn(asyncio.Protocol):
             self._wake()
             if self.transport is not None:
                 self.transport.close()
+        f = self.fast
+        if f is not None and (self._head or self.error is not None):
+            self.fast = None
+            f.ready()
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -334,17 +344,25 @@ class Upstream:
             ) from e
         return conn
 
-    async def acquire(self, fresh: bool = False) -> tuple[_Conn, bool]:
-        """A connection and whether it was reused from the pool; ``fresh`` skips the pool."""
+    def acquire_idle(self) -> _Conn | None:
+        """A live pooled connection at once, or None (no waiting, no connecting)."""
         now = time.monotonic()
-        while self._idle and not fresh:
+        while self._idle:
             conn = self._idle.pop()
             # error: the app's FIN (or a reset) came while the connection sat idle.
             if conn.closed or conn.error is not None or now - conn.idle_since > self.idle_timeout:
                 conn.close()
                 continue
             self.in_use += 1
-            return conn, True
+            return conn
+        return None
+
+    async def acquire(self, fresh: bool = False) -> tuple[_Conn, bool]:
+        """A connection and whether it was reused from the pool; ``fresh`` skips the pool."""
+        if not fresh:
+            conn = self.acquire_idle()
+            if conn is not None:
+                return conn, True
         conn = await self._connect()
         self.in_use += 1
         return conn, False
@@ -421,16 +439,19 @@ async def forward(
     *,
     target: bytes | None = None,
     refuse: Callable[[int, list[tuple[bytes, bytes]]], bool] | None = None,
+    replay: bool = False,
 ) -> int:
     """Relay req to upstream and the answer back to resp; returns the upstream status.
 
     ``refuse(status, headers)``, when given and true for the upstream's answer, means the upstream did
     not take the request: nothing is relayed, and UpstreamError(connect=True) lets the caller send it
     elsewhere (the activator does, for a queue-proxy that could not reach its app).
+    ``replay``: the request already went out on a pooled connection that died before any answer;
+    this is the one retry, on a new connection.
     """
     head = _request_head(req, headers, target, upstream.host, upstream.port)
     has_body = req.has_body
-    for attempt in (0, 1):
+    for attempt in (1,) if replay else (0, 1):
         try:
             # The retry dials anew: the other pooled connections may be closing just the same.
             conn, reused = await upstream.acquire(fresh=attempt == 1)
@@ -532,3 +553,101 @@ async def _tunnel(req: Request, resp: Responder, conn: _Conn) -> None:
             await pump
         conn.keep_alive = False
         resp.abort()
+
+
+class FastExchange:
+    """One GET relayed in callbacks only, over a pooled connection (the engine's fast path).
+
+    ``on_end(status)`` runs once the whole answer is written; ``wrap(rest)`` builds what a task runs
+    when the exchange must go on there (``rest`` returns the status, or raises UpstreamError).
+    """
+
+    __slots__ = ("conn", "headers", "marker", "on_end", "req", "resp", "upstream", "wrap")
+
+    def __init__(
+        self,
+        req: Request,
+        resp: Responder,
+        upstream: Upstream,
+        conn: _Conn,
+        headers: list[tuple[bytes, bytes]],
+        marker: FastRequest,
+        on_end: Callable[[int], None],
+        wrap: Callable[[Awaitable[int]], Awaitable[None]],
+    ) -> None:
+        self.req, self.resp, self.upstream, self.conn, self.headers = req, resp, upstream, conn, headers
+        self.marker, self.on_end, self.wrap = marker, on_end, wrap
+
+    def abandon(self) -> None:
+        """Drop the upstream side (a client gone, a timeout): the connection is not reused."""
+        if self.conn.fast is self:
+            self.conn.fast = None
+            self.upstream.release(self.conn, False)
+
+    def ready(self) -> None:
+        conn = self.conn
+        status = conn.status
+        if conn._head and conn.complete and status != 101 and conn.error is None:
+            hdrs = strip_hop_by_hop(conn.headers) if conn._hop else conn.headers
+            self.resp._whole(status, hdrs, conn.take_all(), conn.trailers or None)
+            self.upstream.release(conn, conn.keep_alive)  # resets the connection's state
+            self.on_end(status)
+            self.marker.finish()
+            return
+        self.marker.escalate(self.wrap(self._rest()))
+
+    async def _rest(self) -> int:
+        conn, resp = self.conn, self.resp
+        if not conn._head:
+            # Nothing came back: a dead pooled connection (the keep-alive race) or a failure before
+            # the head; a GET without a body is replayable, as forward() would retry it.
+            self.upstream.release(conn, False)
+            if conn._got_bytes:
+                raise UpstreamError(f"upstream {self.upstream.host}:{self.upstream.port}: {conn.error}")
+            return await forward(self.req, resp, self.upstream, self.headers, replay=True)
+        ok = False
+        try:
+            status = await _relay_response(resp, conn)
+            ok = conn.keep_alive and conn.complete
+            return status
+        finally:
+            self.upstream.release(conn, ok)
+
+
+async def _passthrough(rest: Awaitable[int]) -> None:
+    await rest
+
+
+def forward_fast(
+    req: Request,
+    resp: Responder,
+    upstream: Upstream,
+    headers: list[tuple[bytes, bytes]],
+    marker: FastRequest,
+    *,
+    on_end: Callable[[int], None] | None = None,
+    wrap: Callable[[Awaitable[int]], Awaitable[None]] = _passthrough,
+) -> FastExchange | None:
+    """Take a body-less GET in callbacks only: its head goes out on a free pooled connection now,
+    and a whole answer in one read goes back from the connection's callback, with no task and no
+    future. Anything else on the way (a streamed answer, a dead pooled connection) goes on in a task
+    through ``wrap``. None: not this request (a body, an upgrade, no free connection): the task path."""
+    if req.method != b"GET" or req.has_body or req.upgrade is not None or type(resp) is not Responder:
+        return None
+    conn = upstream.acquire_idle()
+    if conn is None:
+        return None
+    try:
+        conn.write(_request_head(req, headers, None, upstream.host, upstream.port))
+    except ConnectionError:
+        upstream.release(conn, False)
+        return None
+    ex = FastExchange(req, resp, upstream, conn, headers, marker, on_end or (lambda status: None), wrap)
+    conn.fast = ex
+
+    def cancelled() -> None:
+        ex.abandon()
+        marker.finish()
+
+    marker.on_cancel = cancelled
+    return ex
