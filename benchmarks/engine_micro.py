@@ -115,6 +115,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             await forward(req, resp, pool, req.headers.items)
 
     srv = await serve(handler, "127.0.0.1", 0)
+    if args.fast and args.qp:
+        srv.fast = handler.fast
+    elif args.fast:
+        from serving.httpserver import FastRequest
+        from serving.upstream import forward_fast
+
+        def fast(req: Request, resp: Responder, marker: FastRequest) -> bool:
+            return forward_fast(req, resp, pool, req.headers.items, marker) is not None
+
+        srv.fast = fast
     await _load(srv.port, 2000, args.connections)  # warm-up
     await _load(up_port, 2000, args.connections)
     direct, proxied = [], []
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--qp", action="store_true", help="the queue-proxy's handler instead of a bare forward")
+    p.add_argument("--fast", action="store_true", help="the engine's callback-only path (HttpServer.fast)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     import uvloop
