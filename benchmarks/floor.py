@@ -2,7 +2,7 @@
 
     python -m benchmarks.floor [--rounds 3] [--duration 4] [--rate 1000] [--json-out FILE]
 
-Three proxies in front of the same trivial app, measured the same way in interleaved rounds:
+Five proxies in front of the same trivial app, measured the same way in interleaved rounds:
 
 * ``splice``: the least a Python proxy on asyncio protocols and uvloop can do. Every client connection
   gets its own upstream connection, and bytes are relayed as they come, in the protocols' callbacks,
@@ -11,11 +11,13 @@ Three proxies in front of the same trivial app, measured the same way in interle
 * ``callbacks``: the splice plus what an HTTP proxy must do per message, still in the callbacks
   only: httptools parses the request and the answer, the request's head is written anew upstream
   and the answer's head anew to the client (keep-alive both ways, one upstream connection per
-  client). No task, no future. What an engine could cost with a callback-only path for the common
-  request.
-* ``engine``: zeroscale's HTTP engine with nothing on top (``serving.httpserver.serve`` and
-  ``serving.upstream.forward``): httptools parsing both ways, a handler task per request, a keep-alive
-  pool, streamed bodies with backpressure, errors answered.
+  client). No task, no future. The floor under the engine's own callback-only path (below).
+* ``engine-tasks``: zeroscale's HTTP engine with nothing on top (``serving.httpserver.serve`` and
+  ``serving.upstream.forward``), every request in a handler task: httptools parsing both ways, a
+  keep-alive pool, streamed bodies with backpressure, errors answered.
+* ``engine``: the same with the engine's callback-only fast path on, as the queue-proxy runs it
+  (``HttpServer.fast`` with ``serving.upstream.forward_fast``): a body-less GET over a free pooled
+  connection whose answer comes in one read takes no task; anything else still does.
 * ``queue-proxy``: the real process (``python -m queueproxy``), the engine plus Knative's handler
   (probes, stats, drain bookkeeping, timeouts, metrics, header rewrite).
 
@@ -183,15 +185,20 @@ async def _serve(kind: str, port: int, upstream_port: int) -> None:
     elif kind == "callbacks":
         await loop.create_server(lambda: _ParsedClient(("127.0.0.1", upstream_port)), "127.0.0.1", port)
     else:
-        from serving.httpserver import Request, Responder, serve
-        from serving.upstream import Upstream, forward
+        from serving.httpserver import FastRequest, Request, Responder, serve
+        from serving.upstream import Upstream, forward, forward_fast
 
         pool = Upstream("127.0.0.1", upstream_port, max_idle=1000)
 
         async def handler(req: Request, resp: Responder) -> None:
             await forward(req, resp, pool, list(req.headers.items))
 
-        await serve(handler, "127.0.0.1", port)
+        def fast(req: Request, resp: Responder, marker: FastRequest) -> bool:
+            return forward_fast(req, resp, pool, req.headers.items, marker) is not None
+
+        server = await serve(handler, "127.0.0.1", port)
+        if kind == "engine":
+            server.fast = fast
     await asyncio.Event().wait()
 
 
@@ -239,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rounds 1-20, --duration 1-60, --rate 10-5000")
     have_wrk = shutil.which("wrk") is not None
     started = datetime.now(UTC)
-    cpu: dict[str, list[float]] = {"splice": [], "callbacks": [], "engine": [], "queue-proxy": []}
+    kinds = ("splice", "callbacks", "engine-tasks", "engine", "queue-proxy")
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
     p50: dict[str, list[float]] = {"direct": [], **{k: [] for k in cpu}}
     errors = dict.fromkeys(p50, 0)
     with (
@@ -249,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         up, _ = start_upstream(procs)
         ports: dict[str, tuple[int, int]] = {}
-        for kind in ("splice", "callbacks", "engine"):
+        for kind in kinds[:-1]:
             port = free_port()
             proc = procs.start([PYTHON, "-m", "benchmarks.floor", "--serve", kind, str(port), str(up)], kind)
             wait_port(port, proc)

@@ -19,7 +19,7 @@ def test_floor_measures_the_splice_the_callbacks_the_engine_and_the_queue_proxy(
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert set(doc["rows"]) == {"splice", "callbacks", "engine", "queue-proxy"}
+    assert set(doc["rows"]) == {"splice", "callbacks", "engine-tasks", "engine", "queue-proxy"}
     assert doc["direct_p50_ms"] >= 100 and doc["direct_errors_at_rate"] == 0  # /slow: after 100 ms
     for row in doc["rows"].values():
         assert row["errors_at_rate"] == 0  # every request through every proxy was answered
