@@ -9,6 +9,12 @@ loop's own spawn (uvloop's fork + exec) copies this process's page tables: ~2 ms
 wall time per process here, during which the loop serves nothing; a cold start spawns the app on its
 critical path, and 25 at once did it 25 times. Without pidfd_open (Linux < 5.3) it falls back to the
 loop's spawn.
+
+Where util-linux's ``setpriv`` has ``--pdeathsig`` (Linux), every child is spawned through it with
+SIGTERM as its parent-death signal: if ``zeroscale up`` is killed outright (``kill -9``, the OOM
+killer), its apps get SIGTERM from the kernel instead of running on for nobody. (The queue-proxies
+the zygote forked are the zygote's to stop: it does when the runtime's socket closes under it.) The
+program is looked up before the spawn, so a missing one is still an error at start, not an exit.
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
+import functools
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
@@ -209,7 +219,7 @@ class ChildProcess(ProcessHandle):
 
     def _start_popen(self) -> None:
         proc = subprocess.Popen(
-            self.argv,
+            _guarded(self.argv, self.env, self.cwd),
             stdin=self._stdin if self._stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -277,7 +287,7 @@ class ChildProcess(ProcessHandle):
 
     async def _start_loop(self) -> None:
         proc = await asyncio.create_subprocess_exec(
-            *self.argv,
+            *_guarded(self.argv, self.env, self.cwd),
             stdin=self._stdin if self._stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -292,6 +302,44 @@ class ChildProcess(ProcessHandle):
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
         self._exit(await proc.wait())
+
+
+@functools.cache
+def _death_signal() -> tuple[str, ...]:
+    """The argv prefix that gives a child SIGTERM when this process dies, or () where there is none."""
+    if sys.platform != "linux":
+        return ()
+    exe = shutil.which("setpriv")
+    if exe is None:
+        return ()
+    try:
+        usage = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (exe, "--pdeathsig", "TERM") if "--pdeathsig" in usage else ()
+
+
+def _program(name: str, env: Mapping[str, str], cwd: str) -> str:
+    """The file ``name`` runs, as exec would find it; OSError as exec would fail on it."""
+    if "/" in name:
+        path = os.path.join(cwd, name)
+    else:
+        found = shutil.which(name, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+        path = found
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+    return path
+
+
+def _guarded(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> list[str]:
+    prefix = _death_signal()
+    if not prefix or not argv:
+        return list(argv)
+    return [*prefix, _program(argv[0], env, cwd), *argv[1:]]
 
 
 def _pidfd_works() -> bool:

@@ -356,8 +356,8 @@ class Zygote:
             self._on_lost(self)
 
     async def close(self, grace: float = 2.0) -> None:
-        """End of input for the zygote (it exits 0), then stop it. Queue-proxies it forked keep running
-        (their pods stop them); their exit codes are unknown from now on."""
+        """End of input for the zygote, then stop it. It exits 0, after SIGTERM to any queue-proxy it
+        forked that still runs (the runtime stops its pods first: a runtime that died did not)."""
         self._closing = True
         self._lose()
         if self.process is not None:

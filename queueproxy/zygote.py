@@ -28,9 +28,13 @@ the zygote's environment); the process itself sees only the pod's.
 The answer carries a pidfd of the child (opened by the zygote, which has not reaped it yet, so it
 cannot name a reused pid); the runtime watches it for the exit. The zygote reaps its children and
 reports each ``pid code``; if the zygote dies its children keep serving, their exit is still seen
-through the pidfd, and their exit code is unknown. End of input on the socket: it exits 0 (its
-children are the runtime's to stop). Without pidfd_open (Linux < 5.3) it answers ``fatal`` and
-exits 3. A request it cannot serve gets an error answer; it never stops on one.
+through the pidfd, and their exit code is unknown. End of input on the socket: it exits 0. The
+runtime stops its pods before it closes the socket, so a child still running then was left by a
+runtime that died (``kill -9`` of ``zeroscale up``): the zygote sends it SIGTERM (it drains and exits)
+rather than leave it serving for nobody. SIGTERM to the zygote (the runtime's stop, or the kernel's
+parent-death signal that ``setpriv --pdeathsig`` arms when the runtime dies) does the same, then
+exits. Without pidfd_open (Linux < 5.3) it answers ``fatal`` and exits 3. A request it cannot serve
+gets an error answer; it never stops on one.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Zygote:
     def __init__(self, ctrl: socket.socket) -> None:
         self._ctrl = ctrl
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._children: set[int] = set()  # forked and not reaped yet: their pids cannot be reused
 
     def _send(self, message: dict[str, object], fds: list[int] | None = None) -> None:
         try:
@@ -81,6 +86,8 @@ class Zygote:
 
     def serve(self) -> int:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        # SIGTERM: the runtime's stop, or the kernel's parent-death signal when the runtime was killed
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         poller = select.poll()
         poller.register(self._ctrl.fileno(), select.POLLIN)
@@ -90,14 +97,34 @@ class Zygote:
             while True:
                 for fd, _ in poller.poll():
                     if fd == self._wake_r:
+                        signals = b""
                         with contextlib.suppress(BlockingIOError):
-                            while os.read(self._wake_r, 512):
-                                pass
+                            while chunk := os.read(self._wake_r, 512):
+                                signals += chunk
+                        if signal.SIGTERM in signals:
+                            self._stop_orphans()
+                            return 0
                     elif not self._on_request():
+                        self._stop_orphans()
                         return 0
                 self._reap()
         except _Gone:
+            self._stop_orphans()
             return 0
+
+    def _stop_orphans(self) -> None:
+        """The runtime has gone: SIGTERM to every child still running (each drains, then exits)."""
+        with contextlib.suppress(_Gone):
+            self._reap()  # whatever has exited is reaped first; only unreaped pids are signalled
+        for pid in sorted(self._children):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        if self._children:
+            print(
+                f"queue-proxy zygote: the runtime has gone; SIGTERM to the {len(self._children)} "
+                "queue-proxies it left running",
+                file=sys.stderr,
+            )
 
     def _reap(self) -> None:
         while True:
@@ -107,6 +134,7 @@ class Zygote:
                 return
             if pid == 0:
                 return
+            self._children.discard(pid)
             self._send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
     def _on_request(self) -> bool:
@@ -156,6 +184,7 @@ class Zygote:
             raise
         if pid == 0:  # pragma: no cover - runs in the child, which leaves through os._exit
             self._child(request, out_fd, sync_w)
+        self._children.add(pid)
         os.close(sync_w)
         try:
             pidfd = os.pidfd_open(pid)

@@ -7,6 +7,7 @@ traffic; no request hangs; ``up`` replaces the pod and reports two ready pods ag
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -100,3 +101,38 @@ async def test_sigkill_of_an_app_under_zeroscale_up(tmp_path: Path) -> None:
     assert inside and inside <= failed, (sorted(inside), sorted(failed))
     assert len(failed - inside) <= 20, (len(failed - inside), load.statuses)
     print(f"zeroscale up, SIGKILL: {len(inside)} inside, {len(failed)} failed; {load.summary()}")
+
+
+async def test_kill_9_of_zeroscale_up_leaves_no_pod_process(tmp_path: Path) -> None:
+    """``up`` killed outright (kill -9, the OOM killer) cannot stop its pods: the kernel's parent-death
+    signal stops the apps, the zygote stops the queue-proxies it forked. Nothing serves on for nobody."""
+    from tests.e2e.test_up import up_process
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (tmp_path / "web.yaml").write_text(service(logs))
+    with up_process("-f", tmp_path / "web.yaml") as up:
+        await up.wait_up()
+
+        async def two_ready() -> bool:
+            return bool((await up.arevision("web"))["ready_pods"] == 2)
+
+        await up.poll(two_ready, timeout=40, what="two ready pods")
+        left = up.track()  # apps, the zygote and the queue-proxies it forked
+        names = sorted(" ".join(p.cmdline()[-2:]) for p in left)
+        assert len(_apps(up.proc.pid)) == 2 and len(left) >= 5, names
+        up.proc.kill()
+        up.proc.wait(10)
+
+        def running() -> list[psutil.Process]:
+            out = []
+            for p in left:
+                with contextlib.suppress(psutil.Error):
+                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                        out.append(p)
+            return out
+
+        deadline = asyncio.get_running_loop().time() + 40
+        while running() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+        assert running() == [], [(p.pid, p.name()) for p in running()]

@@ -218,6 +218,27 @@ def test_end_of_input_stops_the_zygote_with_exit_0() -> None:
         assert z.proc.wait(TIMEOUT) == 0
 
 
+@pytest.mark.parametrize("how", ["end of input", "SIGTERM"])
+def test_a_runtime_gone_with_queue_proxies_running_stops_them(how: str) -> None:
+    """The runtime stops its pods before it lets the zygote go; one that died (kill -9) could not: the
+    zygote then sends SIGTERM to what it forked, which drains and exits, instead of serving on."""
+    with user_app() as app, zygote() as z:
+        serving = free_port()
+        _pid, pidfd, out = z.fork(1, qp_env(app.port, serving))
+        try:
+            wait_until(lambda: port_open(serving), timeout=TIMEOUT, what="the forked queue-proxy serving")
+            if how == "SIGTERM":  # as the kernel's parent-death signal (setpriv --pdeathsig) sends it
+                z.proc.send_signal(signal.SIGTERM)
+            else:
+                z.sock.shutdown(socket.SHUT_WR)
+            assert z.proc.wait(TIMEOUT) == 0
+            assert select.select([pidfd], [], [], TIMEOUT)[0], "the queue-proxy still runs"
+            assert b"SIGTERM: draining" in read_all(out)
+        finally:
+            os.close(pidfd)
+            os.close(out)
+
+
 def test_stdin_that_is_not_a_socket_is_refused() -> None:
     r = subprocess.run(
         [PYTHON, "-m", "queueproxy", "--zygote"],
