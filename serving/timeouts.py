@@ -94,7 +94,11 @@ class Sweeper:
         self, resp: Progress, start: float, t: RequestTimeouts, task: asyncio.Task[object] | None = None
     ) -> Tracked:
         """``task`` (default: the current one) is cancelled when a timeout fires."""
-        entry = Tracked(task if task is not None else asyncio.current_task(), resp, start, t)
+        if task is None:
+            # The engine's responder knows its handler task: asyncio.current_task() would ask
+            # get_running_loop(), a getpid() system call per request on Python 3.11.
+            task = getattr(resp, "_task", None) or asyncio.current_task()
+        entry = Tracked(task, resp, start, t)
         if t.total or t.response_start or t.idle:
             self._active.add(entry)
             if self._task is None:
