@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.e2e.test_up import UpProcess, up_process
 from tests.faults.load import Load
 from tests.faults.plane import FAULT_APP
 
@@ -51,9 +53,10 @@ def _apps(up_pid: int) -> list[psutil.Process]:
     return out
 
 
-async def test_sigkill_of_an_app_under_zeroscale_up(tmp_path: Path) -> None:
-    from tests.e2e.test_up import up_process
-
+@contextlib.asynccontextmanager
+async def two_pods(tmp_path: Path) -> AsyncIterator[tuple[UpProcess, Path, Callable[[], Awaitable[bool]]]]:
+    """``zeroscale up`` with the two-pod Service, once both pods are ready: up, the apps' log
+    directory, and the "two ready pods" condition."""
     logs = tmp_path / "logs"
     logs.mkdir()
     (tmp_path / "web.yaml").write_text(service(logs))
@@ -64,6 +67,11 @@ async def test_sigkill_of_an_app_under_zeroscale_up(tmp_path: Path) -> None:
             return bool((await up.arevision("web"))["ready_pods"] == 2)
 
         await up.poll(two_ready, timeout=40, what="two ready pods")
+        yield up, logs, two_ready
+
+
+async def test_sigkill_of_an_app_under_zeroscale_up(tmp_path: Path) -> None:
+    async with two_pods(tmp_path) as (up, logs, two_ready):
         load = Load(up.port, "web.default.example.com", lambda i: f"/sleep?ms=100&id={i}", workers=16)
         load.start()
         try:
@@ -106,18 +114,7 @@ async def test_sigkill_of_an_app_under_zeroscale_up(tmp_path: Path) -> None:
 async def test_kill_9_of_zeroscale_up_leaves_no_pod_process(tmp_path: Path) -> None:
     """``up`` killed outright (kill -9, the OOM killer) cannot stop its pods: the kernel's parent-death
     signal stops the apps, the zygote stops the queue-proxies it forked. Nothing serves on for nobody."""
-    from tests.e2e.test_up import up_process
-
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (tmp_path / "web.yaml").write_text(service(logs))
-    with up_process("-f", tmp_path / "web.yaml") as up:
-        await up.wait_up()
-
-        async def two_ready() -> bool:
-            return bool((await up.arevision("web"))["ready_pods"] == 2)
-
-        await up.poll(two_ready, timeout=40, what="two ready pods")
+    async with two_pods(tmp_path) as (up, _, _):
         left = up.track()  # apps, the zygote and the queue-proxies it forked
         names = sorted(" ".join(p.cmdline()[-2:]) for p in left)
         assert len(_apps(up.proc.pid)) == 2 and len(left) >= 5, names
