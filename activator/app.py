@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from serving.envconfig import env_float, env_int, env_port, env_str
+from serving.envconfig import env_bool, env_float, env_int, env_port, env_str
 from serving.headers import (
     K_KUBELET_PROBE,
     K_NETWORK_HASH,
@@ -60,6 +60,7 @@ class ActivatorConfig:
     drain_timeout: float
     queue_depth: int
     domain: str
+    fast_path: bool = True  # ZEROSCALE_FAST_PATH: the engine's callback-only path for simple GETs
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, local: bool = False) -> ActivatorConfig:
@@ -79,6 +80,7 @@ class ActivatorConfig:
             drain_timeout=env_float(env, "DRAIN_TIMEOUT_SECONDS", 0.0 if local else 45.0, minimum=0.0),
             queue_depth=env_int(env, "ACTIVATOR_QUEUE_DEPTH", QUEUE_DEPTH, minimum=1),
             domain=env_str(env, "CLUSTER_DOMAIN", "cluster.local"),
+            fast_path=env_bool(env, "ZEROSCALE_FAST_PATH", True),
         )
 
 

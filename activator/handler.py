@@ -17,7 +17,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -35,10 +35,10 @@ from serving.headers import (
     SERVING_NAMESPACE,
     SERVING_REVISION,
 )
-from serving.httpserver import Request, Responder
-from serving.timeouts import RequestTimeouts, Sweeper
+from serving.httpserver import FastRequest, Request, Responder
+from serving.timeouts import RequestTimeouts, Sweeper, Tracked
 from serving.types import Endpoint, RevisionKey
-from serving.upstream import Upstream, UpstreamError, forward, strip_hop_by_hop
+from serving.upstream import Upstream, UpstreamError, forward, forward_fast, strip_hop_by_hop
 
 from .backends import EndpointSource, Prober, RevisionBackends
 from .reporter import ConcurrencyReporter
@@ -118,6 +118,27 @@ def _connect_failure(e: UpstreamError, req: Request) -> bool:
 
 def _not_sent(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
     return status == 502 and any(n == NOT_SENT for n, _ in headers)
+
+
+_TIMEOUT_BODY = b"activator request timeout"
+_TIMEOUT_HEAD = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", b"%d" % len(_TIMEOUT_BODY)),
+]
+
+
+async def _timed_out(entry: Tracked, resp: Responder) -> int:
+    """In a handler task cancelled: the sweeper's timeout becomes a 504 (a started answer is cut);
+    any other cancel (the client went away) is raised again."""
+    task = asyncio.current_task()
+    if entry.fired is None or task is None:
+        raise asyncio.CancelledError
+    task.uncancel()
+    if resp.started:
+        resp.abort()
+    else:
+        await resp.send(504, _TIMEOUT_BODY)
+    return 504
 
 
 class Activator:
@@ -256,18 +277,13 @@ class Activator:
         try:
             status = await self._throttled(rev, req, resp, toward_pod(headers, req.host), start)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if entry.fired is None or task is None:
-                raise  # the client went away
-            task.uncancel()
-            status = 504
-            if resp.started:
-                resp.abort()
-            else:
-                await resp.send(504, b"activator request timeout")
+            status = await _timed_out(entry, resp)  # or re-raised: the client went away
         finally:
             self.sweeper.untrack(entry)
             self.reporter.request_out(key)
+        self._count(key, status)
+
+    def _count(self, key: RevisionKey, status: int) -> None:
         child = self._response_children.get((key, status))
         if child is None:  # labels() takes a lock and builds a tuple: keep the children
             child = self._response_children[(key, status)] = self.responses.labels(
@@ -275,13 +291,149 @@ class Activator:
             )
         child.inc()
 
+    def dispatch_fast(
+        self,
+        key: RevisionKey,
+        req: Request,
+        resp: Responder,
+        headers: Sequence[tuple[bytes, bytes]],
+        marker: FastRequest,
+    ) -> bool | Awaitable[None]:
+        """dispatch() in the engine's callbacks, for a GET that need not wait: a warm HTTP/1.1 revision
+        with room on a pod now and a free pooled connection to it. False: nothing was decided, and
+        dispatch() takes it; a coroutine: a pod was taken but no free connection to it, and the
+        coroutine goes on with that pod in a task (the pick stands, as for any request)."""
+        rev = self._revs.get(key)
+        if rev is None or rev.settings.protocol == "h2c" or not rev.throttler.has_pods:
+            return False  # unknown (404), h2c, or cold (the task path marks the cold start)
+        throttler = rev.throttler
+        pod = throttler.try_acquire()
+        if pod is None:
+            return False
+        up = pod.attachment
+        if up is None:
+            up = pod.attachment = Upstream(pod.endpoint.host, pod.endpoint.port)
+        start = time.monotonic()
+        toward = toward_pod(headers, req.host)
+        sweeper, reporter = self.sweeper, self.reporter
+        entry: Tracked | None = None
+
+        def end(status: int) -> None:
+            throttler.release(pod)
+            if entry is not None:
+                sweeper.untrack(entry)
+            reporter.request_out(key)
+            if status:
+                self._count(key, status)
+
+        async def wrap(rest: Awaitable[int]) -> None:
+            assert entry is not None
+            entry.task = asyncio.current_task()
+            await self._held(rev, pod, req, resp, toward, start, entry, rest)
+
+        ex = forward_fast(
+            req, resp, cast(Upstream, up), toward, marker, on_end=end, wrap=wrap, refuse=_not_sent
+        )
+        if ex is None:
+            return self._dispatch_held(rev, pod, req, resp, toward, start)
+        reporter.request_in(key)
+        entry = sweeper.track(resp, start, rev.settings.timeouts, task=marker)  # type: ignore[arg-type]
+
+        def cancelled() -> None:
+            ex.abandon()
+            assert entry is not None
+            if entry.fired is not None and not resp.started:
+                resp._whole(504, _TIMEOUT_HEAD, _TIMEOUT_BODY, None)
+                end(504)
+            else:
+                end(0)  # the client went away: counted nowhere, as in dispatch()
+            marker.finish()
+
+        marker.on_cancel = cancelled
+        return True
+
+    async def _dispatch_held(
+        self,
+        rev: _Revision,
+        pod: PodTracker,
+        req: Request,
+        resp: Responder,
+        headers: list[tuple[bytes, bytes]],
+        start: float,
+    ) -> None:
+        """dispatch() for a request whose pod is taken already (by dispatch_fast)."""
+        self.reporter.request_in(rev.key)
+        entry = self.sweeper.track(resp, start, rev.settings.timeouts)
+        await self._held(
+            rev, pod, req, resp, headers, start, entry, self._forward(rev, pod, req, resp, headers)
+        )
+
+    async def _held(
+        self,
+        rev: _Revision,
+        pod: PodTracker,
+        req: Request,
+        resp: Responder,
+        headers: list[tuple[bytes, bytes]],
+        start: float,
+        entry: Tracked,
+        rest: Awaitable[int],
+    ) -> None:
+        """The end of dispatch() for a request forwarded (``rest``) to a pod it holds: timeouts, the
+        books, the count; the pod is released."""
+        status = 0
+        try:
+            status = await self._after_fast(rev, pod, req, resp, headers, start, rest)
+        except asyncio.CancelledError:
+            status = await _timed_out(entry, resp)  # or re-raised: the client went away
+        finally:
+            self.sweeper.untrack(entry)
+            self.reporter.request_out(rev.key)
+        self._count(rev.key, status)
+
+    async def _after_fast(
+        self,
+        rev: _Revision,
+        pod: PodTracker,
+        req: Request,
+        resp: Responder,
+        headers: list[tuple[bytes, bytes]],
+        start: float,
+        rest: Awaitable[int],
+    ) -> int:
+        """A forward to the pod the request holds: as _throttled() from its pod on (the pod is
+        released; a refusal goes to another pod)."""
+        held: PodTracker | None = pod
+        try:
+            return await rest
+        except UpstreamError as e:
+            if e.started or resp.started:
+                return 502
+            if _connect_failure(e, req) and self._connect_retries > 0:
+                log.warning("pod %s of %s refused the connection; trying another", pod.address, rev.key)
+                if rev.backends is not None:
+                    rev.backends.suspect(pod.endpoint)
+                rev.throttler.release(pod)
+                held = None
+                return await self._throttled(rev, req, resp, headers, start, failures=1)
+            await resp.send(502, f"pod {pod.endpoint.pod_name} of {rev.key}: {e}\n")
+            return 502
+        finally:
+            if held is not None:
+                rev.throttler.release(held)
+
     async def _throttled(
-        self, rev: _Revision, req: Request, resp: Responder, headers: list[tuple[bytes, bytes]], start: float
+        self,
+        rev: _Revision,
+        req: Request,
+        resp: Responder,
+        headers: list[tuple[bytes, bytes]],
+        start: float,
+        failures: int = 0,
     ) -> int:
         throttler = rev.throttler
         cold = not throttler.has_pods
         out: Responder = resp
-        failures = 0
         while True:
             try:
                 pod = await throttler.acquire()
@@ -308,6 +460,56 @@ class Activator:
             finally:
                 throttler.release(pod)
 
+    def forward_direct_fast(
+        self,
+        key: RevisionKey,
+        req: Request,
+        resp: Responder,
+        headers: Sequence[tuple[bytes, bytes]],
+        marker: FastRequest,
+    ) -> bool | Awaitable[None]:
+        """forward_direct() in the engine's callbacks (a GET, a free pooled connection to the pod).
+        False: forward_direct() takes it; a coroutine: it goes on to the picked pod in a task."""
+        rev = self._revs.get(key)
+        pods = rev.throttler.pods if rev is not None else []
+        if rev is None or not pods or rev.settings.protocol == "h2c":
+            return False
+        pod = pods[next(rev.direct) % len(pods)]
+        up = pod.attachment
+        if up is None:
+            up = pod.attachment = Upstream(pod.endpoint.host, pod.endpoint.port)
+        out = [(n, v) for n, v in headers if n not in (SERVING_REVISION, SERVING_NAMESPACE)]
+
+        async def wrap(rest: Awaitable[int]) -> None:
+            try:
+                await rest
+            except UpstreamError as e:
+                await self._direct_failed(rev, pod, key, req, resp, headers, e)
+
+        ex = forward_fast(req, resp, cast(Upstream, up), out, marker, wrap=wrap, refuse=_not_sent)
+        return True if ex is not None else wrap(self._forward(rev, pod, req, resp, out))
+
+    async def _direct_failed(
+        self,
+        rev: _Revision,
+        pod: PodTracker,
+        key: RevisionKey,
+        req: Request,
+        resp: Responder,
+        headers: Sequence[tuple[bytes, bytes]],
+        e: UpstreamError,
+    ) -> None:
+        if e.started or resp.started:
+            return
+        if _connect_failure(e, req):
+            # Nothing reached an app (a pod whose app just died is still listed): the throttled
+            # path suspects nothing twice and tries the other pods.
+            if rev.backends is not None:
+                rev.backends.suspect(pod.endpoint)
+            await self.dispatch(key, req, resp, headers)
+            return
+        await resp.send(502, f"pod {pod.endpoint.pod_name} of {key}: {e}\n")
+
     async def forward_direct(
         self, key: RevisionKey, req: Request, resp: Responder, headers: Sequence[tuple[bytes, bytes]]
     ) -> None:
@@ -323,16 +525,7 @@ class Activator:
         try:
             await self._forward(rev, pod, req, resp, out)
         except UpstreamError as e:
-            if e.started or resp.started:
-                return
-            if _connect_failure(e, req):
-                # Nothing reached an app (a pod whose app just died is still listed): the throttled
-                # path suspects nothing twice and tries the other pods.
-                if rev.backends is not None:
-                    rev.backends.suspect(pod.endpoint)
-                await self.dispatch(key, req, resp, headers)
-                return
-            await resp.send(502, f"pod {pod.endpoint.pod_name} of {key}: {e}\n")
+            await self._direct_failed(rev, pod, key, req, resp, headers, e)
 
     async def close(self) -> None:
         for key in list(self._revs):

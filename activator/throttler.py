@@ -74,6 +74,13 @@ class InfiniteBreaker:
         finally:
             self._waiters.discard(fut)
 
+    def try_acquire(self) -> bool:
+        """Pass at once if the gate is open and nobody waits; False: acquire() would wait."""
+        if self._capacity <= 0 or self._waiters:
+            return False
+        self._in_flight += 1
+        return True
+
     def release(self) -> None:
         if self._in_flight <= 0:
             raise RuntimeError("InfiniteBreaker.release() without a matching acquire")
@@ -256,6 +263,16 @@ class RevisionThrottler:
         except BaseException:
             self.breaker.release()
             raise
+
+    def try_acquire(self) -> PodTracker | None:
+        """A pod with room at once, or None where acquire() would wait (or refuse): nobody is passed
+        in the queue. For callers that cannot wait (the engine's callback-only path)."""
+        if not self.breaker.try_acquire():
+            return None
+        pod = self._policy.pick(self._assigned)
+        if pod is None:
+            self.breaker.release()
+        return pod
 
     def release(self, pod: PodTracker) -> None:
         pod.release()

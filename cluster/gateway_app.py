@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from routing.table import RouteSpec, RouteTable, TableHolder
 from routing.traffic import flatten, parse_traffic
 from serving.errors import ConfigError, SpecError
 from serving.h2server import AutoServer, serve_auto
-from serving.httpserver import Request, Responder
+from serving.httpserver import FastRequest, Request, Responder
 from serving.logs import setup_logging
 from serving.stat import WireStat
 from serving.timeouts import RequestTimeouts
@@ -72,6 +72,18 @@ class _Dispatch:
         else:
             await self.activator.dispatch(revision, req, resp, headers)
 
+    def dispatch_fast(
+        self,
+        revision: RevisionKey,
+        req: Request,
+        resp: Responder,
+        headers: Sequence[tuple[bytes, bytes]],
+        marker: FastRequest,
+    ) -> bool | Awaitable[None]:
+        if revision in self.direct:
+            return self.activator.forward_direct_fast(revision, req, resp, headers, marker)
+        return self.activator.dispatch_fast(revision, req, resp, headers, marker)
+
 
 class GatewayApp:
     def __init__(
@@ -85,6 +97,7 @@ class GatewayApp:
         prober: Prober | None = None,
         queue_depth: int = QUEUE_DEPTH,
         stats_connected: Callable[[], bool] | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.holder = holder
         sink: StatSink = CallbackSink(send_stats) if callable(send_stats) else send_stats
@@ -96,6 +109,7 @@ class GatewayApp:
         self._dispatch = _Dispatch(self.activator)
         self.gateway = Gateway(holder, self._dispatch)
         self._stats_connected = stats_connected
+        self.fast_path = fast_path  # the engine's callback-only path for simple GETs (ZEROSCALE_FAST_PATH)
         self.draining = False
         self.routes_loaded = True
         self.server: AutoServer | None = None
@@ -156,6 +170,12 @@ class GatewayApp:
             return
         await self.gateway(req, resp)
 
+    def fast(self, req: Request, resp: Responder, marker: FastRequest) -> bool | Awaitable[None]:
+        """handle() in the engine's callbacks for the common request; False: handle() takes it."""
+        if is_kubelet_probe(req):
+            return False
+        return self.gateway.fast(req, resp, marker)
+
     # -- life --------------------------------------------------------------------------------------
     async def start(
         self,
@@ -171,6 +191,10 @@ class GatewayApp:
         self.port = self.server.port
         if h2c_port is not None:  # Knative's activator also listens on 8013 (same handler, same protocols)
             self.h2c_server = await serve_auto(self.handle, host, h2c_port)
+        if self.fast_path:
+            for server in (self.server, self.h2c_server):
+                if server is not None:
+                    server.http.fast = self.fast
         if admin_port is not None:
             runner = web.AppRunner(admin_app(self.health, self.registry), access_log=None)
             await runner.setup()
@@ -403,7 +427,14 @@ async def _amain(args: argparse.Namespace, cfg: ActivatorConfig) -> None:
         if not args.config:
             raise ConfigError("--config is required with --backend file")
         fb = FileBackend(args.config)
-        app = GatewayApp(holder, fb.endpoints, send, pod_name=cfg.pod_name, queue_depth=cfg.queue_depth)
+        app = GatewayApp(
+            holder,
+            fb.endpoints,
+            send,
+            pod_name=cfg.pod_name,
+            queue_depth=cfg.queue_depth,
+            fast_path=cfg.fast_path,
+        )
         await fb.load(app)
         tasks.append(loop.create_task(fb.run(app)))
     else:
@@ -415,6 +446,7 @@ async def _amain(args: argparse.Namespace, cfg: ActivatorConfig) -> None:
             pod_name=cfg.pod_name,
             queue_depth=cfg.queue_depth,
             stats_connected=(lambda: sink.connected) if sink is not None else None,
+            fast_path=cfg.fast_path,
         )
         domain = args.domain or "svc.cluster.local"
 

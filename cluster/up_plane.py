@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from autoscaler.scraper import PodScraper
 from routing.table import RouteTable, TableHolder
 from serving.clock import MonotonicClock, SystemClock
 from serving.config import Configs, parse_configmaps, parse_configs
+from serving.envconfig import env_bool
 from serving.errors import ConfigError, SpecError
 from serving.spec import Revision, Service, check_local, parse_services
 from serving.types import Endpoint, RevisionKey
@@ -119,7 +121,9 @@ class UpPlane:
             )
             ms.add_listener(self._on_decision)
             _, fx = self.reconciler.apply(services, _now())
-            self.gateway = GatewayApp(self.holder, self.runtime, ms.send)
+            # ZEROSCALE_FAST_PATH=false: a handler task per request (the queue-proxies read it too)
+            fast = env_bool(os.environ, "ZEROSCALE_FAST_PATH", True)
+            self.gateway = GatewayApp(self.holder, self.runtime, ms.send, fast_path=fast)
             self.port = await self.gateway.start(host, port)
             self.control = ControlServer(self, host, admin_port)
             self.admin_port = await self.control.start()

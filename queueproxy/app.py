@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -123,7 +122,7 @@ class QueueProxy:
         self._reporter_task = asyncio.get_running_loop().create_task(self.reporter.run_forever())
         # 5. the serving port: HTTP/1.1 and h2c
         self.server = await serve_auto(self.handler, cfg.bind_address, cfg.serving_port)
-        if os.environ.get("QUEUE_FAST_PATH", "1") != "0":  # 0: every request takes a handler task
+        if cfg.fast_path:
             self.server.http.fast = self.handler.fast
         log.info(
             "serving on %s:%d -> %s 127.0.0.1:%d (cc=%d, timeout=%.0fs); "

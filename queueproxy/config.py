@@ -20,12 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.envconfig import env_float, env_int, env_port, env_str
+from serving.envconfig import env_bool, env_float, env_int, env_port, env_str
 from serving.errors import ConfigError
 
 __all__ = ["PROTOCOL_VAR", "ProbeSpec", "QueueProxyConfig", "parse_readiness_probe", "protocol_from_env"]
 
 PROBE_VAR = "SERVING_READINESS_PROBE"
+FAST_PATH_VAR = "ZEROSCALE_FAST_PATH"  # zeroscale extension: false = a handler task per request
 PROTOCOL_VAR = "QUEUE_USER_PROTOCOL"  # zeroscale extension: "h2c" | "http1"; unset: from the port
 H2C_SERVING_PORT = 8013  # Knative's queue-proxy port for revisions whose container port is named h2c
 USER_PROTOCOLS = ("http1", "h2c")
@@ -78,6 +79,9 @@ class QueueProxyConfig:
     bind_address: str = "0.0.0.0"
     # how the queue-proxy talks to the user container: "http1" or "h2c" (cleartext HTTP/2, gRPC)
     user_protocol: str = "http1"
+    # zeroscale extension (ZEROSCALE_FAST_PATH): the engine's callback-only path for simple GETs;
+    # false sends every request through a handler task
+    fast_path: bool = True
 
     @property
     def h2c(self) -> bool:
@@ -111,6 +115,7 @@ class QueueProxyConfig:
             drain_quiet_period=env_float(env, "QUEUE_DRAIN_QUIET_PERIOD_SECONDS", 30.0, minimum=0.0),
             bind_address=env_str(env, "QUEUE_BIND_ADDRESS", "0.0.0.0"),
             user_protocol=protocol_from_env(env, serving_port),
+            fast_path=env_bool(env, FAST_PATH_VAR, True),
         )
         cfg.validate()
         return cfg

@@ -10,8 +10,8 @@ business: the composition provides it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Sequence
+from typing import Protocol, cast
 
 from serving.headers import (
     SERVING_NAMESPACE,
@@ -21,19 +21,33 @@ from serving.headers import (
     X_FORWARDED_PROTO,
     is_internal_header,
 )
-from serving.httpserver import Request, Responder
+from serving.httpserver import FastRequest, Request, Responder
 from serving.types import RevisionKey
 from serving.upstream import strip_hop_by_hop
 
 from .table import TableHolder
 
-__all__ = ["Dispatcher", "Gateway", "clean_headers"]
+__all__ = ["Dispatcher", "FastDispatcher", "Gateway", "clean_headers"]
 
 
 class Dispatcher(Protocol):
     async def dispatch(
         self, revision: RevisionKey, req: Request, resp: Responder, headers: Sequence[tuple[bytes, bytes]]
     ) -> None: ...
+
+
+class FastDispatcher(Dispatcher, Protocol):
+    """A dispatcher that can also take a request in the engine's callbacks: True, it took it; False,
+    it decided nothing (dispatch() then takes it); or what a task must run to go on from its decisions."""
+
+    def dispatch_fast(
+        self,
+        revision: RevisionKey,
+        req: Request,
+        resp: Responder,
+        headers: Sequence[tuple[bytes, bytes]],
+        marker: FastRequest,
+    ) -> bool | Awaitable[None]: ...
 
 
 def clean_headers(
@@ -94,3 +108,20 @@ class Gateway:
         await self._dispatcher.dispatch(
             revision, req, resp, clean_headers(req.headers.items, revision, req.client)
         )
+
+    def fast(self, req: Request, resp: Responder, marker: FastRequest) -> bool | Awaitable[None]:
+        """__call__ in the engine's callbacks when the dispatcher can take the request so (a
+        FastDispatcher). False: __call__ takes it (an unknown host's 404 included); once a revision
+        is picked, the pick stands: what is returned then goes on with it."""
+        dispatcher = self._dispatcher
+        if not hasattr(dispatcher, "dispatch_fast"):
+            return False
+        tag = req.headers.get(SERVING_TAG)
+        host = req.host.decode("latin-1")
+        route = self._holder.current.lookup(host, tag.decode("latin-1") if tag else None)
+        if route is None:
+            return False
+        revision = route.pick()
+        headers = clean_headers(req.headers.items, revision, req.client)
+        got = cast(FastDispatcher, dispatcher).dispatch_fast(revision, req, resp, headers, marker)
+        return dispatcher.dispatch(revision, req, resp, headers) if got is False else got

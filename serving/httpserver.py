@@ -489,7 +489,9 @@ class FastRequest:
         self._next = proto._task = resp._task = task
 
 
-FastHook = Callable[[Request, Responder, FastRequest], bool]
+# True: the hook took the request; False: the handler takes it in a task; an awaitable: a task runs it
+# instead of the handler (a hook that made a decision the handler must not make again, such as a pick).
+FastHook = Callable[[Request, Responder, FastRequest], bool | Awaitable[None]]
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -780,13 +782,18 @@ class HttpProtocol(asyncio.Protocol):
         resp = self._responder = Responder(self, req)
         self.server.active += 1
         fast = self.server.fast
+        rest: Awaitable[None] | None = None
         if fast is not None:
             marker = FastRequest(self, resp)
             self._task = resp._task = marker  # type: ignore[assignment]
-            if fast(req, resp, marker):
+            got = fast(req, resp, marker)
+            if got is True:
+                self.server.fast_taken += 1
                 return
             self._task = resp._task = None
-        self._task = resp._task = self._loop.create_task(self._run(req, resp))
+            if got is not False:
+                rest = got  # what the hook decided, to go on in a task instead of the handler
+        self._task = resp._task = self._loop.create_task(self._run(req, resp, rest))
 
     def on_body(self, body: bytes) -> None:
         req = self._pipeline[-1] if self._pipeline else self._request
@@ -880,6 +887,7 @@ class HttpServer:
         self.loop = loop
         self.connections: set[HttpProtocol] = set()
         self.active = 0
+        self.fast_taken = 0  # requests the fast hook took whole (no handler task)
         self.stopping = False
         self.port = 0
         self._server: asyncio.AbstractServer | None = None

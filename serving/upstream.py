@@ -560,9 +560,10 @@ class FastExchange:
 
     ``on_end(status)`` runs once the whole answer is written; ``wrap(rest)`` builds what a task runs
     when the exchange must go on there (``rest`` returns the status, or raises UpstreamError).
+    ``refuse`` as forward's: an answer it refuses goes on in the task, as UpstreamError(connect=True).
     """
 
-    __slots__ = ("conn", "headers", "marker", "on_end", "req", "resp", "upstream", "wrap")
+    __slots__ = ("conn", "headers", "marker", "on_end", "refuse", "req", "resp", "upstream", "wrap")
 
     def __init__(
         self,
@@ -574,9 +575,10 @@ class FastExchange:
         marker: FastRequest,
         on_end: Callable[[int], None],
         wrap: Callable[[Awaitable[int]], Awaitable[None]],
+        refuse: Callable[[int, list[tuple[bytes, bytes]]], bool] | None = None,
     ) -> None:
         self.req, self.resp, self.upstream, self.conn, self.headers = req, resp, upstream, conn, headers
-        self.marker, self.on_end, self.wrap = marker, on_end, wrap
+        self.marker, self.on_end, self.wrap, self.refuse = marker, on_end, wrap, refuse
 
     def abandon(self) -> None:
         """Drop the upstream side (a client gone, a timeout): the connection is not reused."""
@@ -587,7 +589,13 @@ class FastExchange:
     def ready(self) -> None:
         conn = self.conn
         status = conn.status
-        if conn._head and conn.complete and status != 101 and conn.error is None:
+        if (
+            conn._head
+            and conn.complete
+            and status != 101
+            and conn.error is None
+            and (self.refuse is None or not self.refuse(status, conn.headers))
+        ):
             hdrs = strip_hop_by_hop(conn.headers) if conn._hop else conn.headers
             self.resp._whole(status, hdrs, conn.take_all(), conn.trailers or None)
             self.upstream.release(conn, conn.keep_alive)  # resets the connection's state
@@ -604,8 +612,12 @@ class FastExchange:
             self.upstream.release(conn, False)
             if conn._got_bytes:
                 raise UpstreamError(f"upstream {self.upstream.host}:{self.upstream.port}: {conn.error}")
-            return await forward(self.req, resp, self.upstream, self.headers, replay=True)
+            return await forward(self.req, resp, self.upstream, self.headers, refuse=self.refuse, replay=True)
         ok = False
+        if self.refuse is not None and self.refuse(conn.status, conn.headers):
+            self.upstream.release(conn, False)
+            where = f"{self.upstream.host}:{self.upstream.port}"
+            raise UpstreamError(f"upstream {where} did not take the request ({conn.status})", connect=True)
         try:
             status = await _relay_response(resp, conn)
             ok = conn.keep_alive and conn.complete
@@ -618,6 +630,10 @@ async def _passthrough(rest: Awaitable[int]) -> None:
     await rest
 
 
+def _no_end(status: int) -> None:
+    pass
+
+
 def forward_fast(
     req: Request,
     resp: Responder,
@@ -627,6 +643,7 @@ def forward_fast(
     *,
     on_end: Callable[[int], None] | None = None,
     wrap: Callable[[Awaitable[int]], Awaitable[None]] = _passthrough,
+    refuse: Callable[[int, list[tuple[bytes, bytes]]], bool] | None = None,
 ) -> FastExchange | None:
     """Take a body-less GET in callbacks only: its head goes out on a free pooled connection now,
     and a whole answer in one read goes back from the connection's callback, with no task and no
@@ -642,7 +659,7 @@ def forward_fast(
     except ConnectionError:
         upstream.release(conn, False)
         return None
-    ex = FastExchange(req, resp, upstream, conn, headers, marker, on_end or (lambda status: None), wrap)
+    ex = FastExchange(req, resp, upstream, conn, headers, marker, on_end or _no_end, wrap, refuse)
     conn.fast = ex
 
     def cancelled() -> None:

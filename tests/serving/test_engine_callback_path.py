@@ -4,7 +4,7 @@ free pooled connection, the task path otherwise, and the same answers either way
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
@@ -108,3 +108,36 @@ async def test_a_pooled_connection_the_app_closed_is_retried_once(
         assert srv.active == 0
     finally:
         writer.close()
+
+
+async def test_a_hook_may_hand_the_request_to_a_task_of_its_own_choosing() -> None:
+    """A hook that decided something the handler must not decide again (a traffic split's pick)
+    returns what a task runs instead of the handler."""
+    handled: list[bytes] = []
+    decided: list[bytes] = []
+
+    async def handler(req: Request, resp: Responder) -> None:
+        handled.append(req.target)
+        await resp.send(200, b"handler")
+
+    async def chosen(req: Request, resp: Responder, pick: bytes) -> None:
+        decided.append(req.target)
+        await resp.send(200, b"picked " + pick)
+
+    def fast(req: Request, resp: Responder, marker: FastRequest) -> bool | Awaitable[None]:
+        if req.target == b"/decide":
+            return chosen(req, resp, b"b")
+        return False
+
+    srv = await serve(handler, "127.0.0.1", 0)
+    srv.fast = fast
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    try:
+        _, body = await _exchange(reader, writer, b"GET /decide HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert body == b"picked b" and decided == [b"/decide"] and handled == []
+        _, body = await _exchange(reader, writer, b"GET /other HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert body == b"handler" and handled == [b"/other"]
+        assert srv.active == 0 and srv.fast_taken == 0
+    finally:
+        writer.close()
+        await srv.shutdown(1)
