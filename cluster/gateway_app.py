@@ -38,6 +38,7 @@ from routing.gateway import Gateway
 from routing.table import RouteSpec, RouteTable, TableHolder
 from routing.traffic import flatten, parse_traffic
 from serving.errors import ConfigError, SpecError
+from serving.gcpolicy import freeze_after_start
 from serving.h2server import AutoServer, serve_auto
 from serving.httpserver import FastRequest, Request, Responder
 from serving.logs import setup_logging
@@ -469,6 +470,7 @@ async def _amain(args: argparse.Namespace, cfg: ActivatorConfig) -> None:
     if sink is not None:
         sink.start()
     await app.start(cfg.host, cfg.port, admin_port=cfg.admin_port, h2c_port=cfg.h2c_port or None)
+    freeze_after_start()
     log.info("gateway+activator on %s:%d, admin on %d", cfg.host, app.port, app.admin_port)
     try:
         await run_until_signal(app.begin_drain, app.shutdown, drain_timeout=cfg.drain_timeout)

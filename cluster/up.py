@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from serving.config import Configs, load_configmaps, parse_configs
 from serving.errors import ConfigError
+from serving.gcpolicy import freeze_after_start
 from serving.spec import Service, load_services
 
 from .up_plane import UpPlane
@@ -141,6 +142,7 @@ async def run(
         )
         for svc in plane.status()["services"]:
             log.info("service %s/%s: %s", svc["namespace"], svc["name"], svc["url"])
+        freeze_after_start()
         await stop.wait()
         log.info("zeroscale up: stopping (draining requests, then pods; a second Ctrl-C skips the wait)")
         return 0

@@ -25,6 +25,7 @@ from serving.breaker import Breaker
 from serving.clock import MonotonicClock
 from serving.drain import Drainer
 from serving.errors import ConfigError
+from serving.gcpolicy import freeze_after_start
 from serving.h2server import AutoServer, serve_auto
 from serving.httpserver import HttpServer
 from serving.logs import setup_logging
@@ -177,6 +178,7 @@ async def _amain(cfg: QueueProxyConfig) -> int:
         except OSError as e:
             log.error("cannot listen: %s", e)
             return 1
+        freeze_after_start()
         await qp.run_until_drained()
     finally:
         await qp.stop()
