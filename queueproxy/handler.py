@@ -197,19 +197,9 @@ class QueueHandler:
                 try:
                     status = await rest
                 except UpstreamError as e:
-                    status = 502
-                    if not (e.started or resp.started):
-                        await resp.send(502, str(e), headers=_NOT_SENT if e.connect else ())
+                    status = await _upstream_failed(e, resp)
                 except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if entry is None or entry.fired is None or task is None or task.cancelling() > 1:
-                        raise
-                    task.uncancel()
-                    status = 504
-                    if not resp.started:
-                        await resp.send(504, _TIMEOUT_BODY, headers=[(TIMEOUT_HEADER, entry.fired.encode())])
-                    else:
-                        resp.abort()
+                    status = await _timed_out(entry, resp)  # or re-raised: the client went away
             finally:
                 end(status)
 
@@ -251,7 +241,6 @@ class QueueHandler:
         sweeper = self._sweeper
         entry = sweeper.track(resp, start, self._timeouts) if sweeper is not None else None
         acquired = False
-        kind = b""
         try:
             if breaker is not None:
                 if self._metrics is not None:
@@ -265,23 +254,12 @@ class QueueHandler:
                 acquired = True
             return await self._proxy(req, resp)
         except asyncio.CancelledError:
-            task = entry.task if entry is not None else None
-            # Only the sweeper's own cancel becomes a 504; the engine's (client gone) propagates.
-            if entry is None or entry.fired is None or task is None or task.cancelling() > 1:
-                raise
-            task.uncancel()
-            kind = entry.fired.encode()
+            return await _timed_out(entry, resp)  # or re-raised: the client went away
         finally:
             if acquired and breaker is not None:
                 breaker.release()
             if entry is not None and sweeper is not None:
                 sweeper.untrack(entry)
-        if not resp.started:
-            # Knative's body for all three; the header says which one ran out (users could not tell)
-            await resp.send(504, _TIMEOUT_BODY, headers=[(TIMEOUT_HEADER, kind)])
-        else:
-            resp.abort()  # a half-sent response must not look complete
-        return 504
 
     async def _proxy(self, req: Request, resp: Responder) -> int:
         headers = upstream_headers(req.headers.items)
@@ -292,12 +270,7 @@ class QueueHandler:
                 return await self._h2_forward(req, resp, h2, headers)
             return await self._forward(req, resp, self._upstream, headers)
         except UpstreamError as e:
-            if e.started or resp.started:
-                return 502  # forward has cut the client connection already
-            # A failed connect to the app sent it nothing: say so, so that the activator can try
-            # another pod (this one is still listed while the runtime or kubelet notices the death).
-            await resp.send(502, str(e), headers=_NOT_SENT if e.connect else ())
-            return 502
+            return await _upstream_failed(e, resp)
 
     async def _network_probe(self, value: bytes, req: Request, resp: Responder) -> None:
         if value == b"queue":
@@ -317,3 +290,29 @@ class QueueHandler:
                 await resp.send(200, b"", headers=[(K_NETWORK_HASH, probe_hash)])
         else:
             await resp.send(400, b"unexpected probe header value: " + value[:100])
+
+
+async def _upstream_failed(e: UpstreamError, resp: Responder) -> int:
+    """A 502 for a request the app did not answer; the status to record."""
+    if e.started or resp.started:
+        return 502  # forward has cut the client connection already
+    # A failed connect to the app sent it nothing: say so, so that the activator can try
+    # another pod (this one is still listed while the runtime or kubelet notices the death).
+    await resp.send(502, str(e), headers=_NOT_SENT if e.connect else ())
+    return 502
+
+
+async def _timed_out(entry: Tracked | None, resp: Responder) -> int:
+    """In the request's task, cancelled: the sweeper's timeout becomes a 504; any other cancel (the
+    engine's, for a client gone) is raised again."""
+    task = asyncio.current_task()
+    # Only the sweeper's own cancel becomes a 504; the engine's (client gone) propagates.
+    if entry is None or entry.fired is None or task is None or task.cancelling() > 1:
+        raise asyncio.CancelledError
+    task.uncancel()
+    if not resp.started:
+        # Knative's body for all three; the header says which one ran out (users could not tell)
+        await resp.send(504, _TIMEOUT_BODY, headers=[(TIMEOUT_HEADER, entry.fired.encode())])
+    else:
+        resp.abort()  # a half-sent response must not look complete
+    return 504
