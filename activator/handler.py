@@ -77,25 +77,6 @@ class _Revision:
         self.direct: Iterator[int] = itertools.count()
 
 
-class _Marked:
-    """A Responder that adds the cold-start header to whatever head goes out (forward or send)."""
-
-    __slots__ = ("_extra", "_resp")
-
-    def __init__(self, resp: Responder, extra: list[tuple[bytes, bytes]]) -> None:
-        self._resp = resp
-        self._extra = extra
-
-    async def start(self, status: int, headers: Any = (), reason: bytes | None = None, **kw: Any) -> None:
-        await self._resp.start(status, [*headers, *self._extra], reason, **kw)
-
-    async def send(self, status: int, body: bytes | str = b"", headers: Any = (), **kw: Any) -> None:
-        await self._resp.send(status, body, [*headers, *self._extra], **kw)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._resp, name)
-
-
 def toward_pod(headers: Sequence[tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
     """Knative's activator rewrite: Host kept in K-Original-Host, routing headers removed, marked."""
     # Hop-by-hop fields (and those a client named in Connection) go first, so that nothing can strip
@@ -433,32 +414,35 @@ class Activator:
     ) -> int:
         throttler = rev.throttler
         cold = not throttler.has_pods
-        out: Responder = resp
         while True:
             try:
                 pod = await throttler.acquire()
-            except QueueFullError as e:
-                await out.send(503, f"{e}\n")
+            except QueueFullError as full:
+                await resp.send(503, f"{full}\n")
                 return 503
             try:
-                if cold and out is resp:
+                if cold:
+                    # Whatever head goes out from here on (the pod's answer, a 502) is marked.
+                    cold = False
                     waited = time.monotonic() - start
                     self.cold_starts.labels(rev.key.namespace, rev.key.name).observe(waited)
-                    out = cast(Responder, _Marked(resp, [(COLD_START, b"%.3f" % waited)]))
-                return await self._forward(rev, pod, req, out, headers)
+                    resp.add_headers([(COLD_START, b"%.3f" % waited)])
+                return await self._forward(rev, pod, req, resp, headers)
             except UpstreamError as e:
-                if e.started or resp.started:
-                    return 502  # forward already aborted the client connection
-                if _connect_failure(e, req) and failures < self._connect_retries:
-                    failures += 1
-                    log.warning("pod %s of %s refused the connection; trying another", pod.address, rev.key)
-                    if rev.backends is not None:
-                        rev.backends.suspect(pod.endpoint)
-                    continue
-                await out.send(502, f"pod {pod.endpoint.pod_name} of {rev.key}: {e}\n")
-                return 502
+                failed = e
             finally:
                 throttler.release(pod)
+            # The pod's slot is free again before the client hears of the failure or another pod is tried.
+            if failed.started or resp.started:
+                return 502  # forward already aborted the client connection
+            if _connect_failure(failed, req) and failures < self._connect_retries:
+                failures += 1
+                log.warning("pod %s of %s refused the connection; trying another", pod.address, rev.key)
+                if rev.backends is not None:
+                    rev.backends.suspect(pod.endpoint)
+                continue
+            await resp.send(502, f"pod {pod.endpoint.pod_name} of {rev.key}: {failed}\n")
+            return 502
 
     def forward_direct_fast(
         self,

@@ -169,6 +169,7 @@ class H2Responder(Responder):
         self._pending: list[tuple[bytes, bytes]] | None = None
         self._done = False
         self._nobody = False
+        self._extra = None
 
     @property
     def ended(self) -> bool:
@@ -191,6 +192,8 @@ class H2Responder(Responder):
         self.status = status
         self._nobody = self._method == b"HEAD" or status in (204, 304)
         fields = [(b":status", b"%d" % status), *h2_fields(headers)]
+        if self._extra is not None:
+            fields += h2_fields(self._extra)
         self.last_write = time.monotonic()
         if flush:
             c = self._conn

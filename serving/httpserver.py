@@ -19,13 +19,14 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 __all__ = ["FastRequest", "Handler", "Headers", "HttpServer", "Request", "Responder", "ServerLimits", "serve"]
 
@@ -147,6 +148,8 @@ def _refresh_date(now: int) -> None:
     _date_cache[2] = b"date: " + date + b"\r\n"
 
 
+# serving.h2_stream subclasses these two in plain Python (an HTTP/2 stream behind the same interface).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Request:
     __slots__ = (
         "_body",
@@ -253,10 +256,12 @@ class Request:
         return data
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Responder:
     __slots__ = (
         "_chunked",
         "_ended",
+        "_extra",
         "_head",
         "_no_body",
         "_proto",
@@ -280,10 +285,18 @@ class Responder:
         self._ended = False
         self._head: bytes | None = None
         self._task: asyncio.Task[None] | None = None
+        self._extra: list[tuple[bytes, bytes]] | None = None
 
     @property
     def ended(self) -> bool:
         return self._ended
+
+    def add_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Fields for the head that start() or send() will make, whoever calls them (a forward, a 502)."""
+        if self._extra is None:
+            self._extra = list(headers)
+        else:
+            self._extra += headers
 
     async def start(
         self,
@@ -319,6 +332,9 @@ class Responder:
             elif name == b"date":
                 has_date = True
             parts += (name, b": ", value, b"\r\n")
+        if self._extra is not None:
+            for name, value in self._extra:
+                parts += (name, b": ", value, b"\r\n")
         if status == 101:
             self._no_body = True
             self.keep_alive = False
@@ -507,6 +523,7 @@ class HttpProtocol(asyncio.Protocol):
         "_paused_writing",
         "_pipeline",
         "_read_paused",
+        "_rejected",
         "_request",
         "_responder",
         "_special",
@@ -545,6 +562,9 @@ class HttpProtocol(asyncio.Protocol):
         self._read_paused = False
         self._upgraded = False
         self._closed = False
+        # What a parser callback refused, for data_received: httptools wraps the callback's exception
+        # in HttpParserCallbackError, and its __context__ is not reliable once the code is compiled.
+        self._rejected: _BadRequest | None = None
 
     # -- connection ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -658,17 +678,24 @@ class HttpProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._start_tunnel(data[int(e.args[0]) :])
-        except _BadRequest as e:
-            self._reject(e.status, str(e))
-        except httptools.HttpParserCallbackError as e:
-            cause = e.__context__
-            if isinstance(cause, _BadRequest):
-                self._reject(cause.status, str(cause))
+        except _BadRequest as refused:  # one name per except type: a compiled build types each name once
+            self._rejected = None
+            self._reject(refused.status, str(refused))
+        except httptools.HttpParserCallbackError:
+            bad = self._rejected
+            if bad is not None:
+                self._rejected = None
+                self._reject(bad.status, str(bad))
             else:
                 log.exception("internal error while parsing a request")
                 self._reject(500, "internal error")
-        except httptools.HttpParserError as e:
-            self._reject(400, f"malformed request: {e}")
+        except httptools.HttpParserError as perr:
+            self._reject(400, f"malformed request: {perr}")
+
+    def _refuse(self, status: int, message: str) -> _BadRequest:
+        """The exception a parser callback raises for a request to answer with ``status``."""
+        self._rejected = bad = _BadRequest(status, message)
+        return bad
 
     def _reject(self, status: int, message: str) -> None:
         if self._closed:
@@ -692,13 +719,13 @@ class HttpProtocol(asyncio.Protocol):
             self._arm(_HEADER_DEADLINE, self.limits.header_timeout)
         self._url += url
         if len(self._url) > self.limits.max_request_line:
-            raise _BadRequest(414, "request URI too long")
+            raise self._refuse(414, "request URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         limits = self.limits
         if self._header_bytes > limits.max_header_bytes or len(self._headers) >= limits.max_headers:
-            raise _BadRequest(431, "request header fields too large")
+            raise self._refuse(431, "request header fields too large")
         name = name.lower()
         self._headers.append((name, value))
         if name in _FRAMING:
@@ -732,27 +759,27 @@ class HttpProtocol(asyncio.Protocol):
         if version is None:
             # HTTP/0.9 (a request line with no version) or a major version this server does not speak:
             # forwarding it as HTTP/1.1 would be a different request than the client sent.
-            raise _BadRequest(400, f"unsupported HTTP version: {raw_version!r}")
+            raise self._refuse(400, f"unsupported HTTP version: {raw_version!r}")
         req = Request(self, p.get_method(), self._url, version, Headers(self._headers), host or b"")
         if len(cls) > 1:
-            raise _BadRequest(400, "duplicate Content-Length")
+            raise self._refuse(400, "duplicate Content-Length")
         if cls and te:
-            raise _BadRequest(400, "Content-Length together with Transfer-Encoding")
+            raise self._refuse(400, "Content-Length together with Transfer-Encoding")
         if cls:
             raw = cls[0].strip()
             if not raw.isdigit():
-                raise _BadRequest(400, "invalid Content-Length")
+                raise self._refuse(400, "invalid Content-Length")
             req.content_length = int(raw)
         if te:
             if len(te) > 1 or te[0].strip().lower() != b"chunked":
-                raise _BadRequest(400, "unsupported Transfer-Encoding")
+                raise self._refuse(400, "unsupported Transfer-Encoding")
             req.chunked = True
         if req.method == b"CONNECT":
-            raise _BadRequest(405, "CONNECT is not supported")
+            raise self._refuse(405, "CONNECT is not supported")
         if req.version == b"1.1" and not host:
-            raise _BadRequest(400, "missing Host header")
+            raise self._refuse(400, "missing Host header")
         if hosts > 1:
-            raise _BadRequest(400, "duplicate Host header")
+            raise self._refuse(400, "duplicate Host header")
         req.keep_alive = bool(p.should_keep_alive())
         if upgrade is not None and p.should_upgrade():
             req.upgrade = upgrade.strip()
@@ -941,7 +968,8 @@ async def listen(
     server = await loop.create_server(
         protocol_factory, host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None
     )
-    sockets = server.sockets or ()
+    # typeshed says a tuple, uvloop gives a list: read untyped, or a compiled build checks for a tuple.
+    sockets: Sequence[socket.socket] = cast(Any, server).sockets or ()
     return server, int(sockets[0].getsockname()[1]) if sockets else port
 
 

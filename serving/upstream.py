@@ -164,8 +164,8 @@ class _Conn(asyncio.Protocol):
             rest = data[int(e.args[0]) :]
             if rest:
                 self._add_body(rest)
-        except httptools.HttpParserError as e:
-            self.error = ValueError(f"malformed response from upstream: {e}")
+        except httptools.HttpParserError as perr:  # a name of its own: compiled, a name has one type
+            self.error = ValueError(f"malformed response from upstream: {perr}")
             self._wake()
             if self.transport is not None:
                 self.transport.close()
@@ -450,7 +450,6 @@ async def forward(
     this is the one retry, on a new connection.
     """
     head = _request_head(req, headers, target, upstream.host, upstream.port)
-    has_body = req.has_body
     for attempt in (1,) if replay else (0, 1):
         try:
             # The retry dials anew: the other pooled connections may be closing just the same.
@@ -461,18 +460,17 @@ async def forward(
             # The first try may have reached the app before its connection died: not "nothing sent".
             raise UpstreamError(f"{e} (retrying after a pooled connection died)") from e
         conn.no_body = req.method == b"HEAD"
-        pump: asyncio.Task[None] | None = None
+        try:
+            pump = await _send(conn, head, req)
+        except BaseException as err:  # not "as e": a compiled build gives a name one type per function
+            upstream.release(conn, False)
+            if not isinstance(err, (ConnectionError, OSError, ValueError)):
+                raise  # cancelled: the client went away, or a timeout
+            if reused and attempt == 0 and not conn._got_bytes and _replayable(req):
+                continue  # the pooled connection was dead (the keep-alive race): one fresh try
+            raise UpstreamError(f"upstream {upstream.host}:{upstream.port}: {err}") from err
         ok = False
         try:
-            try:
-                conn.write(head)
-                if has_body:
-                    pump = conn.loop.create_task(_pump_body(req, conn))
-                await conn.read_head()
-            except (ConnectionError, OSError, ValueError) as e:
-                if reused and attempt == 0 and not conn._got_bytes and _replayable(req):
-                    continue  # the pooled connection was dead (the keep-alive race): one fresh try
-                raise UpstreamError(f"upstream {upstream.host}:{upstream.port}: {e}") from e
             status = conn.status
             if refuse is not None and refuse(status, conn.headers):
                 raise UpstreamError(
@@ -502,6 +500,19 @@ async def forward(
                 pump.cancel()
             upstream.release(conn, ok)
     raise AssertionError("unreachable")
+
+
+async def _send(conn: _Conn, head: bytes, req: Request) -> asyncio.Task[None] | None:
+    """The request's head out (its body in a task, returned), then the answer's head in."""
+    conn.write(head)
+    pump = conn.loop.create_task(_pump_body(req, conn)) if req.has_body else None
+    try:
+        await conn.read_head()
+    except BaseException:
+        if pump is not None:
+            pump.cancel()
+        raise
+    return pump
 
 
 async def _relay_response(resp: Responder, conn: _Conn) -> int:

@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 
 from queueproxy.handler import QueueHandler
-from serving.httpserver import Headers
+from serving.h2upstream import H2Upstream
+from serving.httpserver import Headers, Request
 from serving.stats import RequestStats
-from serving.upstream import UpstreamError
+from serving.upstream import Upstream, UpstreamError
 from tests.queueproxy.test_handler import Drain, FakeResponder, Ready
 
 
-class Req:
+class Req(Request):
     def __init__(self, upgrade: bytes | None = None, version: bytes = b"1.1") -> None:
         self.method = b"GET"
         self.target = b"/"
@@ -39,7 +40,7 @@ class Recorder:
         return forward
 
 
-H1, H2 = object(), object()
+H1, H2 = Upstream("127.0.0.1", 9), H2Upstream("127.0.0.1", 9)  # never dialled: the forwards are fakes
 
 
 @pytest.mark.parametrize(
@@ -56,16 +57,16 @@ async def test_pool_choice(h2c_app: bool, upgrade: bytes | None, version: bytes,
     rec = Recorder()
     stats = RequestStats(0.0)
     h = QueueHandler(
-        upstream=H1,  # type: ignore[arg-type]
+        upstream=H1,
         stats=stats,
         drain=Drain(),
         readiness=Ready(),
         forward_fn=rec.fn("h1"),
-        h2_upstream=H2 if h2c_app else None,  # type: ignore[arg-type]
+        h2_upstream=H2 if h2c_app else None,
         h2_forward_fn=rec.fn("h2"),
     )
     resp = FakeResponder()
-    await h(Req(upgrade, version), resp)  # type: ignore[arg-type]
+    await h(Req(upgrade, version), resp)
     [(kind, upstream, headers)] = rec.calls
     assert (kind, upstream) == (expect, H2 if expect == "h2" else H1)
     assert (resp.status, resp.body) == (200, expect.encode())
@@ -78,14 +79,14 @@ async def test_pool_choice(h2c_app: bool, upgrade: bytes | None, version: bytes,
 async def test_h2c_upstream_failure_is_a_502() -> None:
     rec = Recorder(fail=True)
     h = QueueHandler(
-        upstream=H1,  # type: ignore[arg-type]
+        upstream=H1,
         stats=RequestStats(0.0),
         drain=Drain(),
         readiness=Ready(),
-        h2_upstream=H2,  # type: ignore[arg-type]
+        h2_upstream=H2,
         h2_forward_fn=rec.fn("h2"),
     )
     resp = FakeResponder()
-    await h(Req(), resp)  # type: ignore[arg-type]
+    await h(Req(), resp)
     assert resp.status == 502
     assert b"REFUSED_STREAM" in resp.body
