@@ -61,6 +61,7 @@ class ActivatorConfig:
     queue_depth: int
     domain: str
     fast_path: bool = True  # ZEROSCALE_FAST_PATH: the engine's callback-only path for simple GETs
+    native: bool = True  # ZEROSCALE_NATIVE (serving.native reads it at import; checked here for typos)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, local: bool = False) -> ActivatorConfig:
@@ -81,6 +82,7 @@ class ActivatorConfig:
             queue_depth=env_int(env, "ACTIVATOR_QUEUE_DEPTH", QUEUE_DEPTH, minimum=1),
             domain=env_str(env, "CLUSTER_DOMAIN", "cluster.local"),
             fast_path=env_bool(env, "ZEROSCALE_FAST_PATH", True),
+            native=env_bool(env, "ZEROSCALE_NATIVE", True),
         )
 
 

@@ -37,6 +37,7 @@ from activator.throttler import QUEUE_DEPTH
 from routing.gateway import Gateway
 from routing.table import RouteSpec, RouteTable, TableHolder
 from routing.traffic import flatten, parse_traffic
+from serving import native
 from serving.errors import ConfigError, SpecError
 from serving.gcpolicy import freeze_after_start
 from serving.h2server import AutoServer, serve_auto
@@ -471,7 +472,8 @@ async def _amain(args: argparse.Namespace, cfg: ActivatorConfig) -> None:
         sink.start()
     await app.start(cfg.host, cfg.port, admin_port=cfg.admin_port, h2c_port=cfg.h2c_port or None)
     freeze_after_start()
-    log.info("gateway+activator on %s:%d, admin on %d", cfg.host, app.port, app.admin_port)
+    port, admin = app.port, app.admin_port
+    log.info("gateway+activator on %s:%d, admin on %d; %s", cfg.host, port, admin, native.status())
     try:
         await run_until_signal(app.begin_drain, app.shutdown, drain_timeout=cfg.drain_timeout)
     finally:

@@ -19,6 +19,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from serving import native
 from serving.config import Configs, load_configmaps, parse_configs
 from serving.errors import ConfigError
 from serving.gcpolicy import freeze_after_start
@@ -134,11 +135,12 @@ async def run(
             print(f"zeroscale up: cannot listen: {e}", file=sys.stderr)
             return 1
         log.info(
-            "zeroscale up: gateway on http://%s:%d, control API on %s:%d (Ctrl-C stops)",
+            "zeroscale up: gateway on http://%s:%d, control API on %s:%d (Ctrl-C stops); %s",
             LOOPBACK,
             plane.port,
             LOOPBACK,
             plane.admin_port,
+            native.status(),
         )
         for svc in plane.status()["services"]:
             log.info("service %s/%s: %s", svc["namespace"], svc["name"], svc["url"])

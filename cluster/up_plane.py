@@ -123,6 +123,7 @@ class UpPlane:
             _, fx = self.reconciler.apply(services, _now())
             # ZEROSCALE_FAST_PATH=false: a handler task per request (the queue-proxies read it too)
             fast = env_bool(os.environ, "ZEROSCALE_FAST_PATH", True)
+            env_bool(os.environ, "ZEROSCALE_NATIVE", True)  # serving.native reads it; a typo stops here
             self.gateway = GatewayApp(self.holder, self.runtime, ms.send, fast_path=fast)
             self.port = await self.gateway.start(host, port)
             self.control = ControlServer(self, host, admin_port)

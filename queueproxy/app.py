@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
+from serving import native
 from serving.breaker import Breaker
 from serving.clock import MonotonicClock
 from serving.drain import Drainer
@@ -127,7 +128,7 @@ class QueueProxy:
             self.server.http.fast = self.handler.fast
         log.info(
             "serving on %s:%d -> %s 127.0.0.1:%d (cc=%d, timeout=%.0fs); "
-            "admin %d, metrics %d, user metrics %d",
+            "admin %d, metrics %d, user metrics %d; %s",
             cfg.bind_address,
             self.server.port,
             cfg.user_protocol,
@@ -137,6 +138,7 @@ class QueueProxy:
             cfg.admin_port,
             cfg.metrics_port,
             cfg.user_metrics_port,
+            native.status(),
         )
 
     def terminate(self) -> None:

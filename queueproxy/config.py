@@ -27,6 +27,7 @@ __all__ = ["PROTOCOL_VAR", "ProbeSpec", "QueueProxyConfig", "parse_readiness_pro
 
 PROBE_VAR = "SERVING_READINESS_PROBE"
 FAST_PATH_VAR = "ZEROSCALE_FAST_PATH"  # zeroscale extension: false = a handler task per request
+NATIVE_VAR = "ZEROSCALE_NATIVE"  # zeroscale extension: false = the request path as plain Python
 PROTOCOL_VAR = "QUEUE_USER_PROTOCOL"  # zeroscale extension: "h2c" | "http1"; unset: from the port
 H2C_SERVING_PORT = 8013  # Knative's queue-proxy port for revisions whose container port is named h2c
 USER_PROTOCOLS = ("http1", "h2c")
@@ -82,6 +83,9 @@ class QueueProxyConfig:
     # zeroscale extension (ZEROSCALE_FAST_PATH): the engine's callback-only path for simple GETs;
     # false sends every request through a handler task
     fast_path: bool = True
+    # ZEROSCALE_NATIVE: serving.native reads it at import (false: the request path runs as plain Python
+    # even where a compiled build is current); read here too, so that a typo stops start-up.
+    native: bool = True
 
     @property
     def h2c(self) -> bool:
@@ -116,6 +120,7 @@ class QueueProxyConfig:
             bind_address=env_str(env, "QUEUE_BIND_ADDRESS", "0.0.0.0"),
             user_protocol=protocol_from_env(env, serving_port),
             fast_path=env_bool(env, FAST_PATH_VAR, True),
+            native=env_bool(env, NATIVE_VAR, True),
         )
         cfg.validate()
         return cfg

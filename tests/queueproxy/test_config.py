@@ -86,6 +86,7 @@ def test_values_are_read() -> None:
             id="port-clash",
         ),
         pytest.param({"USER_PORT": "8012"}, "QUEUE_SERVING_PORT=8012 equals USER_PORT", id="self-loop"),
+        pytest.param({"ZEROSCALE_NATIVE": "ture"}, "ZEROSCALE_NATIVE='ture' is not a boolean", id="native"),
         pytest.param(
             {"SERVING_READINESS_PROBE": "{"}, "SERVING_READINESS_PROBE is not valid JSON", id="probe-json"
         ),
