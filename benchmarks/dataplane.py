@@ -1,14 +1,17 @@
 """One run, every data-plane path side by side: ``python -m benchmarks.dataplane``.
 
-    python -m benchmarks.dataplane [--paths direct,nginx,queue-proxy,gateway+activator,gateway->pods,full]
+    python -m benchmarks.dataplane [--paths direct,nginx,queue-proxy,queue-proxy-plain,gateway+activator,
+        gateway->pods,full]
         [--duration 5] [--connections 50] [--rate 1000] [--rate-duration 5] [--rounds 1]
         [--tool auto|wrk|hey|builtin] [--json-out FILE]
 
 Starts the trivial app (benchmarks/upstream.py) once and puts each path in front of it in turn:
 direct; nginx as a reverse proxy (one worker, keep-alive upstream, unprivileged config in a temp dir,
-when installed); the queue-proxy; the gateway with the activator in the path; the gateway straight to
-the pod (the activator out of the path); and the full local path (``zeroscale up``: gateway,
-queue-proxy, app). Each path gets the same two loads, one after the other, alone on the machine:
+when installed); the queue-proxy as it runs (its request path compiled with mypyc when the build is
+current: serving/native.py) and as plain Python (``queue-proxy-plain``, ZEROSCALE_NATIVE=false); the
+gateway with the activator in the path; the gateway straight to the pod (the activator out of the
+path); and the full local path (``zeroscale up``: gateway, queue-proxy, app). Each path gets the
+same two loads, one after the other, alone on the machine:
 
 * saturation: ``--connections`` (50) keep-alive connections as fast as they go, for ``--duration`` s;
 * fixed rate: ``--rate`` (1,000) requests per second to ``/slow``, which the app answers after 100 ms

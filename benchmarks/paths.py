@@ -99,8 +99,26 @@ def nginx(procs: Procs, up_port: int, tmp: Path) -> Iterator[Target]:
     yield Target("nginx", port, pids=lambda: [p.pid], note="one worker, keep-alive upstream pool")
 
 
+def _request_path(env: dict[str, str] | None = None) -> str:
+    """Which request path a data-plane process started now with ``env`` runs (serving.native)."""
+    import os
+
+    from serving import native
+
+    saved = os.environ.get("ZEROSCALE_NATIVE")
+    os.environ.update({k: v for k, v in (env or {}).items() if k == "ZEROSCALE_NATIVE"})
+    try:
+        why = native.check(native.native_dir())
+    finally:
+        if saved is None:
+            os.environ.pop("ZEROSCALE_NATIVE", None)
+        else:
+            os.environ["ZEROSCALE_NATIVE"] = saved
+    return "compiled (mypyc)" if why is None else f"plain Python: {why}"
+
+
 @contextlib.contextmanager
-def queue_proxy(procs: Procs, up_port: int, tmp: Path) -> Iterator[Target]:
+def queue_proxy(procs: Procs, up_port: int, tmp: Path, plain: bool = False) -> Iterator[Target]:
     port = free_port()
     env = {
         **QUIET,
@@ -113,9 +131,18 @@ def queue_proxy(procs: Procs, up_port: int, tmp: Path) -> Iterator[Target]:
         "CONTAINER_CONCURRENCY": "0",
         "QUEUE_DRAIN_QUIET_PERIOD_SECONDS": "0",
     }
-    p = procs.start([PYTHON, "-m", "queueproxy"], "queue-proxy", env)
+    if plain:
+        env["ZEROSCALE_NATIVE"] = "false"
+    name = "queue-proxy-plain" if plain else "queue-proxy"
+    p = procs.start([PYTHON, "-m", "queueproxy"], name, env)
     wait_port(port, p)
-    yield Target("queue-proxy", port, pids=lambda: [p.pid], note="CONTAINER_CONCURRENCY=0")
+    note = f"CONTAINER_CONCURRENCY=0; {_request_path(env)}"
+    yield Target(name, port, pids=lambda: [p.pid], note=note)
+
+
+def queue_proxy_plain(procs: Procs, up_port: int, tmp: Path) -> contextlib.AbstractContextManager[Target]:
+    """The same queue-proxy with ZEROSCALE_NATIVE=false: what the compiled request path buys."""
+    return queue_proxy(procs, up_port, tmp, plain=True)
 
 
 def _routes(up_port: int) -> str:
@@ -215,6 +242,7 @@ PATHS: dict[str, Callable[[Procs, int, Path], contextlib.AbstractContextManager[
     "direct": direct,
     "nginx": nginx,
     "queue-proxy": queue_proxy,
+    "queue-proxy-plain": queue_proxy_plain,
     "gateway+activator": gateway_activator,
     "gateway->pods": gateway_direct,
     "full": full_local,

@@ -24,7 +24,7 @@ def test_dataplane_writes_results_for_each_path(tmp_path: Path) -> None:
     r = _run(
         [
             "benchmarks.dataplane",
-            "--paths", "direct,queue-proxy",
+            "--paths", "direct,queue-proxy,queue-proxy-plain",
             "--tool", "builtin",
             "--duration", "0.5", "--connections", "4",
             "--rate", "40", "--rate-duration", "0.5",
@@ -34,7 +34,8 @@ def test_dataplane_writes_results_for_each_path(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(out.read_text())
     assert doc["machine"]["nproc"] >= 1 and doc["settings"]["connections"] == 4
-    assert set(doc["results"]) == {"direct", "queue-proxy"}
+    assert set(doc["results"]) == {"direct", "queue-proxy", "queue-proxy-plain"}
+    assert "plain Python: ZEROSCALE_NATIVE is off" in doc["results"]["queue-proxy-plain"]["note"]
     for name, res in doc["results"].items():
         for mode in ("saturation", "fixed_rate"):
             m = res[mode]
