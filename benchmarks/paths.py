@@ -99,21 +99,11 @@ def nginx(procs: Procs, up_port: int, tmp: Path) -> Iterator[Target]:
     yield Target("nginx", port, pids=lambda: [p.pid], note="one worker, keep-alive upstream pool")
 
 
-def _request_path(env: dict[str, str] | None = None) -> str:
-    """Which request path a data-plane process started now with ``env`` runs (serving.native)."""
-    import os
-
+def _request_path(plain: bool) -> str:
+    """Which request path a queue-proxy started now runs (serving.native)."""
     from serving import native
 
-    saved = os.environ.get("ZEROSCALE_NATIVE")
-    os.environ.update({k: v for k, v in (env or {}).items() if k == "ZEROSCALE_NATIVE"})
-    try:
-        why = native.check(native.native_dir())
-    finally:
-        if saved is None:
-            os.environ.pop("ZEROSCALE_NATIVE", None)
-        else:
-            os.environ["ZEROSCALE_NATIVE"] = saved
+    why = "ZEROSCALE_NATIVE is off" if plain else native.check(native.native_dir())
     return "compiled (mypyc)" if why is None else f"plain Python: {why}"
 
 
@@ -136,7 +126,7 @@ def queue_proxy(procs: Procs, up_port: int, tmp: Path, plain: bool = False) -> I
     name = "queue-proxy-plain" if plain else "queue-proxy"
     p = procs.start([PYTHON, "-m", "queueproxy"], name, env)
     wait_port(port, p)
-    note = f"CONTAINER_CONCURRENCY=0; {_request_path(env)}"
+    note = f"CONTAINER_CONCURRENCY=0; {_request_path(plain)}"
     yield Target(name, port, pids=lambda: [p.pid], note=note)
 
 

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from serving.native import MANIFEST, MODULES, ROOT, _digest, _python, check, native_dir, status
+from serving.native import MANIFEST, MODULES, ROOT, _digest, _python, active, check, native_dir, status
 
 
 def _compiler() -> str | None:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     where = native_dir()
     if args.cmd == "status":
         print(status())
-        return 1 if args.require and check(where) is not None else 0
+        return 1 if args.require and not active() else 0
     if args.cmd == "clean":
         import shutil
 
